@@ -1,0 +1,34 @@
+"""Model backends behind small interfaces, chosen by config (`backend: hf | openai | vllm`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from lmmixup.backends.base import CachedGenerator, Generation, Generator, GenParams
+from lmmixup.cache import CallCache
+from lmmixup.config import BackendConfig
+from lmmixup.errors import LmmixupError
+
+
+def _load_hf(cfg: BackendConfig) -> Generator:
+    from lmmixup.backends.hf import HFChatModel
+
+    return HFChatModel(cfg.model, dtype=cfg.dtype, batch_size=cfg.batch_size)
+
+
+LOADERS: dict[str, Callable[[BackendConfig], Generator]] = {"hf": _load_hf}
+
+
+def load_generator(cfg: BackendConfig, cache: CallCache | None = None) -> Generator:
+    """The configured generator, wrapped in the call cache unless `cache` is False-y and None."""
+    try:
+        loader = LOADERS[cfg.backend]
+    except KeyError:
+        raise LmmixupError(
+            f"backend '{cfg.backend}' is not available here; have: {', '.join(LOADERS)}"
+        ) from None
+    generator = loader(cfg)
+    return CachedGenerator(generator, cache) if cache is not None else generator
+
+
+__all__ = ["CachedGenerator", "Generation", "GenParams", "Generator", "LOADERS", "load_generator"]

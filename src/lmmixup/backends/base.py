@@ -1,0 +1,80 @@
+"""What every text generator offers, and the call cache wrapped around any of them."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Protocol
+
+from lmmixup.cache import CallCache, call_key
+
+Messages = list[dict]
+
+
+@dataclass(frozen=True)
+class GenParams:
+    """Decoding settings; part of every cache key."""
+
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int = 0
+
+
+@dataclass
+class Generation:
+    """One reply: its text, why it ended (stop | length | error), tokens used, the error if any."""
+
+    text: str
+    finish_reason: str
+    completion_tokens: int = 0
+    prompt_tokens: int = 0
+    error: str | None = None
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+class Generator(Protocol):
+    """A chat model: a batch of message lists in, one Generation each out (same order)."""
+
+    name: str
+    fingerprint: str
+
+    def generate(self, prompts: list[Messages], params: GenParams) -> list[Generation]: ...
+
+
+class CachedGenerator:
+    """Serves repeated calls from the disk cache; only successful replies are stored."""
+
+    def __init__(self, inner: Generator, cache: CallCache):
+        self.inner = inner
+        self.cache = cache
+        self.name = inner.name
+        self.fingerprint = inner.fingerprint
+
+    def generate(self, prompts: list[Messages], params: GenParams) -> list[Generation]:
+        param_dict = asdict(params)
+        keys = [call_key(self.fingerprint, prompt, param_dict) for prompt in prompts]
+        results: list[Generation | None] = []
+        for key in keys:
+            hit = self.cache.get(key)
+            results.append(None if hit is None else Generation(**hit, meta={"cached": True}))
+        missing = [i for i, result in enumerate(results) if result is None]
+        if missing:
+            fresh = self.inner.generate([prompts[i] for i in missing], params)
+            self.cache.put_many(
+                {keys[i]: _cacheable(g) for i, g in zip(missing, fresh, strict=True) if g.ok}
+            )
+            for i, generation in zip(missing, fresh, strict=True):
+                results[i] = generation
+        return results  # type: ignore[return-value]
+
+
+def _cacheable(generation: Generation) -> dict:
+    data = asdict(generation)
+    data.pop("meta")
+    return data

@@ -1,0 +1,241 @@
+"""The `lmmixup` command line: thin commands over the library. Heavy imports stay inside them."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    help="Instruction distillation with LM-Mixup: rate a pool, cluster its low-quality part, "
+    "distill each cluster into one pair, and select a compact training set.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
+)
+data_app = typer.Typer(help="Import and inspect data.", no_args_is_help=True)
+config_app = typer.Typer(help="Write and check configuration files.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(config_app, name="config")
+
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", "-c", help="YAML file with this command's keys.")
+]
+SetOpt = Annotated[
+    list[str] | None, typer.Option("--set", help="Override a config key: KEY=VALUE (repeatable).")
+]
+log = logging.getLogger("lmmixup")
+
+
+@app.callback()
+def main_options(
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Debug logging and full tracebacks.")
+    ] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No progress bars; warnings and errors only.")
+    ] = False,
+) -> None:
+    from lmmixup import progress
+
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    progress.set_enabled(not quiet)
+    _state["verbose"] = verbose
+
+
+_state = {"verbose": False}
+
+
+def _echo(message: str) -> None:
+    typer.echo(message)
+
+
+def _overrides(sets: list[str] | None, **flags: object) -> list[str]:
+    """Dotted overrides from --set plus the command's own flags that were given."""
+    import json
+
+    given = [f"{key}={json.dumps(value)}" for key, value in flags.items() if value is not None]
+    return list(sets or []) + given
+
+
+@data_app.command(
+    "import",
+    epilog="Examples:\n\n    lmmixup data import my_pool.jsonl -o pool.jsonl\n\n"
+    "    lmmixup data import sharegpt gsm8k -o pool.jsonl --sample 500 --seed 1\n\n"
+    "    lmmixup data import alpaca.json tulu.parquet -o pool.jsonl --max-completion-chars 4000",
+)
+def data_import(
+    sources: Annotated[
+        list[str],
+        typer.Argument(
+            help="Files (JSONL, JSON, Parquet, CSV), saved HF datasets, or built-in sources: sharegpt, gsm8k."
+        ),
+    ],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Pool records (JSONL).")],
+    rejects: Annotated[
+        Path | None, typer.Option(help="Rejected rows (default: OUTPUT with .rejects.jsonl).")
+    ] = None,
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+    reject_over_chars: Annotated[
+        int | None, typer.Option(help="A text longer than this is a bad row [default 1,000,000].")
+    ] = None,
+    min_prompt_chars: Annotated[
+        int | None, typer.Option(help="Drop pairs with a shorter prompt.")
+    ] = None,
+    max_prompt_chars: Annotated[
+        int | None, typer.Option(help="Drop pairs with a longer prompt.")
+    ] = None,
+    min_completion_chars: Annotated[
+        int | None, typer.Option(help="Drop pairs with a shorter completion.")
+    ] = None,
+    max_completion_chars: Annotated[
+        int | None, typer.Option(help="Drop pairs with a longer completion.")
+    ] = None,
+    sample: Annotated[
+        int | None, typer.Option(help="Keep a seeded random sample of N rows.")
+    ] = None,
+    limit: Annotated[int | None, typer.Option(help="Keep at most the first N rows.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed for --sample.")] = None,
+) -> None:
+    """Read any supported input into pool records (id, prompt, completion, source, meta).
+
+    Accepted row formats: prompt/completion, Alpaca (instruction/input/output), ShareGPT
+    (conversations with from/value), OpenAI/TULU messages (role/content), question/answer.
+    Bad rows go to the rejects file with their file, line and reason; good rows are kept.
+    """
+    from lmmixup.config import ImportConfig, load_config
+    from lmmixup.data_import import import_pool
+
+    flags = dict(
+        reject_over_chars=reject_over_chars,
+        min_prompt_chars=min_prompt_chars,
+        max_prompt_chars=max_prompt_chars,
+        min_completion_chars=min_completion_chars,
+        max_completion_chars=max_completion_chars,
+        sample=sample,
+        limit=limit,
+        seed=seed,
+    )
+    cfg = load_config(ImportConfig, config, _overrides(sets, **flags))
+    result = import_pool(sources, output, cfg, rejects)
+    _echo(f"kept {result.kept:,} rows -> {result.output}")
+    _echo(f"rejected {result.rejected:,} rows -> {result.rejects}")
+    if result.filtered or result.dropped_by_limit:
+        _echo(
+            f"filtered by length {result.filtered:,}; left out by sample/limit {result.dropped_by_limit:,}"
+        )
+    for reason, count in result.reject_reasons.most_common(5):
+        _echo(f"  {count:,} x {reason}")
+
+
+@config_app.command("init", epilog="Example:\n\n    lmmixup config init -o lmmixup.yaml")
+def config_init(
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Where to write the config.")
+    ] = Path("lmmixup.yaml"),
+    demo: Annotated[bool, typer.Option(help="Start from the bundled demo's sources.")] = True,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing file.")] = False,
+) -> None:
+    """Write a complete, commented default config for `lmmixup run`."""
+    from lmmixup.config import RunConfig, to_yaml, validate
+    from lmmixup.errors import LmmixupError
+    from lmmixup.pipeline import demo_config
+
+    if output.exists() and not overwrite:
+        raise LmmixupError(f"{output} exists; pass --overwrite to replace it")
+    cfg = validate(RunConfig, demo_config()) if demo else RunConfig()
+    output.write_text(
+        "# lmmixup run configuration. Every key is explained above it.\n" + to_yaml(cfg)
+    )
+    _echo(f"wrote {output}")
+
+
+@config_app.command("check", epilog="Example:\n\n    lmmixup config check lmmixup.yaml")
+def config_check(path: Annotated[Path, typer.Argument(help="A run config.")]) -> None:
+    """Validate a run config; unknown keys and bad values are named."""
+    from lmmixup.pipeline import load_run_config
+
+    load_run_config(path, [])
+    _echo(f"{path}: ok")
+
+
+@app.command(
+    epilog="Examples:\n\n    lmmixup run                      # the bundled demo, into runs/demo\n\n"
+    "    lmmixup run my.yaml --run-dir runs/exp1\n\n"
+    "    lmmixup run my.yaml --run-dir runs/exp1 --set select.budget=2000 --force"
+)
+def run(
+    config: Annotated[
+        Path | None, typer.Argument(help="Run config (YAML); none = the bundled demo.")
+    ] = None,
+    run_dir: Annotated[
+        Path,
+        typer.Option("--run-dir", "-d", help="Folder for every stage's outputs and manifests."),
+    ] = Path("runs/demo"),
+    sets: SetOpt = None,
+    force: Annotated[
+        bool, typer.Option(help="Redo stages whose config or inputs changed, instead of refusing.")
+    ] = False,
+) -> None:
+    """Run the whole pipeline; finished stages are skipped, interrupted ones resume."""
+    from lmmixup.pipeline import load_run_config, run_pipeline
+
+    cfg = load_run_config(config, sets or [])
+    summary = run_pipeline(cfg, run_dir, force=force)
+    _print_summary(summary)
+
+
+def _print_summary(summary: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="lmmixup run")
+    for column in ("stage", "status", "records", "seconds"):
+        table.add_column(column)
+    for name, stage in summary["stages"].items():
+        counts = stage["counts"]
+        records = counts.get("kept", counts.get("written", ""))
+        status = "skipped (done)" if stage["skipped"] else stage["status"]
+        table.add_row(name, status, str(records), f"{stage['seconds'] or 0:.1f}")
+    console = Console()
+    console.print(table)
+    for key, path in summary["outputs"].items():
+        console.print(f"{key}: {path}")
+    console.print(f"summary: {Path(summary['run_dir']) / 'summary.json'}")
+
+
+def main() -> None:
+    """Entry point: errors become one line on stderr and a non-zero exit code."""
+    from lmmixup.errors import LmmixupError
+
+    try:
+        app(standalone_mode=False)
+    except LmmixupError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.echo("interrupted; re-run the same command to resume", err=True)
+        sys.exit(130)
+    except SystemExit:
+        raise
+    except Exception as exc:
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.exceptions.Abort):
+            sys.exit(1)
+        if _state["verbose"]:
+            raise
+        typer.echo(f"error: {type(exc).__name__}: {exc} (run with -v for the traceback)", err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,239 @@
+"""The judge rubric (SPEC stage 1): prompts, reply parsing and the compressed 0-5 score."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+RATING_MIN, RATING_MAX = 1, 10
+HIGH_SCORE = 4
+FIELDS = ("overall", "rarity", "complexity", "informativeness")
+SCORE_TOKENS = tuple(str(value) for value in range(RATING_MIN, RATING_MAX + 1))
+
+_CRITERIA = """\
+You judge examples of instruction-tuning data. You get one instruction and the response \
+written for it. Rate the pair on four criteria, each an integer from 1 to 10.
+
+- rarity: how uncommon and valuable the task or topic is. 1 = trivial and seen everywhere; \
+5 = ordinary but useful; 10 = rare expertise or an unusual, valuable task.
+- complexity: how much knowledge and reasoning the pair needs. 1 = a one-step lookup; \
+5 = a few steps or some domain knowledge; 10 = deep multi-step reasoning or expert knowledge.
+- informativeness: how much correct, useful content the response gives. 1 = empty, wrong or \
+off-topic; 5 = correct but thin; 10 = complete, accurate and detailed.
+- overall: the pair's value as training data, correctness and helpfulness first. \
+1 = useless or harmful; 5 = acceptable with clear flaws; 10 = excellent in every way.
+"""
+
+RUBRIC_SYSTEM = (
+    _CRITERIA + '\nReply with one JSON object and nothing else, for example:\n{"rarity": 4, '
+    '"complexity": 6, "informativeness": 7, "overall": 7}'
+)
+
+RUBRIC_LOGPROB_SYSTEM = (
+    _CRITERIA + "\nReply with one JSON object and nothing else, giving only the overall score, "
+    'written without spaces, for example:\n{"overall":7}'
+)
+
+LOGPROB_ASSISTANT_PREFIX = '{"overall":'
+
+
+@dataclass(frozen=True)
+class LogprobPrompt:
+    """Chat messages plus the text that pre-fills the assistant turn."""
+
+    messages: list[dict]
+    assistant_prefix: str
+    score_tokens: tuple[str, ...] = SCORE_TOKENS
+
+
+def _pair_text(prompt: str, completion: str) -> str:
+    return f"Instruction:\n{prompt}\n\nResponse:\n{completion}"
+
+
+def build_rubric_messages(prompt: str, completion: str) -> list[dict]:
+    """Chat messages asking a judge for the four ratings of one pair as a JSON object."""
+    return [
+        {"role": "system", "content": RUBRIC_SYSTEM},
+        {"role": "user", "content": _pair_text(prompt, completion)},
+    ]
+
+
+def build_rubric_logprob_prompt(prompt: str, completion: str) -> LogprobPrompt:
+    """The rubric set up so that the judge's very next token is its Overall score.
+
+    Convention for the caller (a backend that reads token probabilities):
+
+    - Render ``messages`` with the chat template and the generation prompt, then append
+      ``assistant_prefix`` (``{"overall":``, no trailing space) verbatim. The system prompt asks
+      for compact JSON, so the next token is the bare digit in both GPT-2-style and
+      digit-splitting (Llama-3, Qwen) tokenizers.
+    - Read the next-token distribution for each of ``score_tokens`` ("1".."10"), also adding the
+      probability of the same text with one leading space where the vocabulary has it.
+    - "10": when the vocabulary has a single token "10", use it. Otherwise "10" is "1" then "0":
+      with q = P("0" | prefix + "1"), take P(10) = P("1") * q and P(1) = P("1") * (1 - q).
+    - Renormalise over 1..10; the expected Overall is sum(v * P(v)); ``compress_score``
+      accepts that float.
+    """
+    messages = [
+        {"role": "system", "content": RUBRIC_LOGPROB_SYSTEM},
+        {"role": "user", "content": _pair_text(prompt, completion)},
+    ]
+    return LogprobPrompt(messages=messages, assistant_prefix=LOGPROB_ASSISTANT_PREFIX)
+
+
+def _round_half_up(value: float) -> int:
+    return math.floor(value + 0.5)
+
+
+def compress_score(overall: float) -> int:
+    """The 0..5 score of a 1..10 Overall: ``min(9, max(4, overall)) - 4``.
+
+    A float (an expected Overall from a probability-reading judge) is rounded half up first,
+    so 7.5 gives 4 and 7.49 gives 3.
+    """
+    value = float(overall)
+    if not math.isfinite(value):
+        raise ValueError(f"overall must be finite, got {overall!r}")
+    return min(9, max(4, _round_half_up(value))) - 4
+
+
+def is_high(score: float, threshold: int = HIGH_SCORE) -> bool:
+    """Whether a compressed score counts as high quality (default: score >= 4, Overall >= 8)."""
+    return score >= threshold
+
+
+def _check_rating(name: str, value: int | None, required: bool) -> None:
+    if value is None and not required:
+        return
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    if not RATING_MIN <= value <= RATING_MAX:
+        raise ValueError(f"{name} must be in {RATING_MIN}..{RATING_MAX}, got {value}")
+
+
+@dataclass(frozen=True)
+class Rating:
+    """A judge's rubric rating: Overall (required) and the three other criteria, 1..10."""
+
+    overall: int
+    rarity: int | None = None
+    complexity: int | None = None
+    informativeness: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in FIELDS:
+            _check_rating(name, getattr(self, name), required=name == "overall")
+
+    @property
+    def score(self) -> int:
+        """The compressed 0..5 score."""
+        return compress_score(self.overall)
+
+    def to_record(self, rater: str, method: str) -> dict:
+        """The ``rating`` field of a rated record (DESIGN.md)."""
+        return {
+            "overall": self.overall,
+            "score": self.score,
+            "rarity": self.rarity,
+            "complexity": self.complexity,
+            "informativeness": self.informativeness,
+            "rater": rater,
+            "method": method,
+        }
+
+
+# --- parsing a judge's reply -------------------------------------------------------------
+
+_MAX_CANDIDATES = 32
+_LEADING_NUMBER = re.compile(r"\s*([-+]?\d+(?:\.\d+)?)")
+_LOOSE_PAIR = re.compile(
+    r"""["']?([A-Za-z][A-Za-z _-]*?)["']?\s*[:=]\s*["']?\s*([-+]?\d+(?:\.\d+)?)"""
+)
+_KEY_SUFFIXES = ("rating", "score")
+
+
+def _field_of(key: str) -> str | None:
+    """Map "Overall rating", "overall_rating", "OVERALL" ... to a field name (or None)."""
+    name = re.sub(r"[^a-z]", "", key.lower())
+    for suffix in _KEY_SUFFIXES:
+        if name.endswith(suffix) and name != suffix:
+            name = name.removesuffix(suffix)
+    return name if name in FIELDS else None
+
+
+def _to_rating_value(value: Any) -> int | None:
+    """A 1..10 int from an int, a float (rounded half up) or a numeric string ("8", "8/10")."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        match = _LEADING_NUMBER.match(value)
+        if match is None:
+            return None
+        value = float(match.group(1))
+    if isinstance(value, int):
+        return min(RATING_MAX, max(RATING_MIN, value))
+    if isinstance(value, float) and math.isfinite(value):
+        return _round_half_up(min(float(RATING_MAX), max(float(RATING_MIN), value)))
+    return None
+
+
+def _rating_from_pairs(pairs: list[tuple[str, Any]]) -> Rating | None:
+    """Build a Rating from key/value pairs; the first usable value of each field wins."""
+    values: dict[str, int] = {}
+    for key, raw in pairs:
+        name = _field_of(key) if isinstance(key, str) else None
+        if name is None or name in values:
+            continue
+        value = _to_rating_value(raw)
+        if value is not None:
+            values[name] = value
+    if "overall" not in values:
+        return None
+    return Rating(**values)
+
+
+def _json_pairs(text: str, start: int) -> list[tuple[str, Any]] | None:
+    """The top-level key/value pairs of a JSON object starting at ``start``, or None."""
+    try:
+        pairs, _ = json.JSONDecoder(object_pairs_hook=list).raw_decode(text, start)
+    except (ValueError, RecursionError):
+        return None
+    return pairs if isinstance(pairs, list) else None
+
+
+def _loose_pairs(text: str, start: int) -> list[tuple[str, Any]]:
+    """Key/number pairs up to the next "}": for single quotes, trailing commas, cut-off replies."""
+    end = text.find("}", start + 1)
+    segment = text[start + 1 : end if end >= 0 else len(text)]
+    return [(key, value) for key, value in _LOOSE_PAIR.findall(segment)]
+
+
+def _object_starts(text: str) -> Iterator[int]:
+    start = text.find("{")
+    for _ in range(_MAX_CANDIDATES):
+        if start < 0:
+            return
+        yield start
+        start = text.find("{", start + 1)
+
+
+def parse_rating(text: str) -> Rating | None:
+    """The first rating object in a judge's reply, or None when there is none.
+
+    Tolerates code fences, prose around the object, single-quoted or cut-off objects, key
+    spellings like "Overall rating" / "overall_rating" / "OVERALL", and values given as ints,
+    floats (rounded half up) or numeric strings ("8", "8/10"); values are clamped into 1..10.
+    The first object that has a usable Overall wins; a missing criterion is None.
+    """
+    if not isinstance(text, str):
+        return None
+    for start in _object_starts(text):
+        pairs = _json_pairs(text, start)
+        rating = _rating_from_pairs(pairs if pairs is not None else _loose_pairs(text, start))
+        if rating is not None:
+            return rating
+    return None

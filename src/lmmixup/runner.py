@@ -1,0 +1,253 @@
+"""The stage runner: per-stage folders, manifests, skip-if-done, resume, refuse on change.
+
+A stage is a folder under the run directory with its outputs, its rejects and a
+`manifest.json` (config hash, input hashes, package versions, counts, timings, status).
+- complete + same config and inputs  -> skipped;
+- running (interrupted) + same        -> resumed: per-record outputs continue after the last
+                                          flushed batch, never duplicating a record;
+- different config or inputs          -> refused with the differences, unless `force`.
+
+Per-record work is a function over a batch of records (`BatchFn`) so that the same function
+can run under a distributed executor (e.g. Ray Data's `map_batches`) unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from lmmixup.errors import StageMismatchError
+from lmmixup.hashing import hash_file, hash_value
+from lmmixup.io import AppendWriter, compact_done, read_records, reject_record
+from lmmixup.progress import progress
+
+BatchFn = Callable[[list[dict]], list[dict]]
+REJECT_KEY = "_reject"
+_VERSIONED = (
+    "lmmixup",
+    "torch",
+    "transformers",
+    "trl",
+    "sentence-transformers",
+    "faiss-cpu",
+    "numpy",
+)
+
+
+def package_versions() -> dict[str, str]:
+    """Installed versions of the packages that shape results."""
+    versions = {}
+    for name in _VERSIONED:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+@dataclass
+class StageDir:
+    """What a stage body gets: its folder and a place to put counts for the manifest."""
+
+    name: str
+    path: Path
+    counts: dict[str, Any] = field(default_factory=dict)
+    resumed: bool = False
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+
+def _diff(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested dicts."""
+    changed = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            changed += _diff(a, b, f"{prefix}{key}.")
+        elif a != b:
+            changed.append(f"{prefix}{key}")
+    return changed
+
+
+def _fingerprint(inputs: Iterable[Path], config: dict) -> dict:
+    return {
+        "config_hash": hash_value(config),
+        "config": config,
+        "inputs": {str(path): hash_file(path) for path in inputs},
+    }
+
+
+def _check_same(manifest: dict, fingerprint: dict, name: str) -> None:
+    changes = []
+    if manifest.get("config_hash") != fingerprint["config_hash"]:
+        keys = _diff(manifest.get("config", {}), fingerprint["config"])
+        changes.append("config (" + ", ".join(keys[:6] or ["?"]) + ")")
+    if manifest.get("inputs") != fingerprint["inputs"]:
+        changed = [
+            p
+            for p in fingerprint["inputs"]
+            if manifest.get("inputs", {}).get(p) != fingerprint["inputs"][p]
+        ]
+        changes.append(
+            "inputs (" + ", ".join(Path(p).name for p in changed[:4] or ["set of files"]) + ")"
+        )
+    if changes:
+        raise StageMismatchError(
+            f"stage '{name}' in {manifest.get('path', '?')} was made with different "
+            f"{' and '.join(changes)}; re-run with --force to redo it"
+        )
+
+
+def read_manifest(stage_path: Path) -> dict | None:
+    path = stage_path / "manifest.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def write_manifest(stage_path: Path, manifest: dict) -> None:
+    tmp = stage_path / ".manifest.json.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False, default=str))
+    tmp.replace(stage_path / "manifest.json")
+
+
+@dataclass
+class StageResult:
+    name: str
+    path: Path
+    manifest: dict
+    skipped: bool
+
+
+def run_stage(
+    run_dir: str | Path,
+    name: str,
+    *,
+    inputs: Iterable[str | Path],
+    config: dict,
+    body: Callable[[StageDir], None],
+    force: bool = False,
+) -> StageResult:
+    """Run one stage of a run directory with skip / resume / refuse semantics (module doc)."""
+    stage_path = Path(run_dir) / name
+    fingerprint = _fingerprint([Path(p) for p in inputs], config)
+    manifest = read_manifest(stage_path)
+    if manifest is not None:
+        if force:
+            shutil.rmtree(stage_path)
+            manifest = None
+        else:
+            _check_same({**manifest, "path": stage_path}, fingerprint, name)
+            if manifest["status"] == "complete":
+                return StageResult(name, stage_path, manifest, skipped=True)
+    stage_path.mkdir(parents=True, exist_ok=True)
+    resumed = manifest is not None
+    history = manifest.get("history", []) if manifest else []
+    started, clock = _now(), time.perf_counter()
+    manifest = {
+        "stage": name,
+        "status": "running",
+        **fingerprint,
+        "versions": package_versions(),
+        "started_at": started,
+        "history": history,
+    }
+    write_manifest(stage_path, manifest)
+    stage = StageDir(name, stage_path, resumed=resumed)
+    body(stage)
+    seconds = round(time.perf_counter() - clock, 3)
+    history.append({"started_at": started, "seconds": seconds, "resumed": resumed})
+    manifest.update(
+        status="complete",
+        finished_at=_now(),
+        seconds=seconds,
+        total_seconds=round(sum(h["seconds"] for h in history), 3),
+        counts=stage.counts,
+        history=history,
+    )
+    write_manifest(stage_path, manifest)
+    return StageResult(name, stage_path, manifest, skipped=False)
+
+
+def _done_ids(output: Path, rejects: Path, is_done: Callable[[dict], bool], key: str) -> set:
+    done = set(compact_done(output, is_done, key))
+    done |= set(compact_done(rejects, lambda record: True, key))
+    return done
+
+
+def process_records(
+    records: Iterable[tuple[int, dict]],
+    fn: BatchFn,
+    *,
+    output: Path,
+    rejects: Path,
+    source: str,
+    batch_size: int = 16,
+    is_done: Callable[[dict], bool] = lambda record: True,
+    key: str = "id",
+    total: int | None = None,
+    description: str = "records",
+) -> dict[str, int]:
+    """Apply a batch function to (line, record) pairs, appending results durably.
+
+    Records whose key already has a finished output (or a reject) are skipped, so a re-run
+    after a crash continues where it stopped. Each batch is flushed to disk before the next
+    starts: a kill loses at most the batch in flight. Outputs carrying `REJECT_KEY` go to
+    the rejects file with the input's file and line.
+    """
+    done = _done_ids(output, rejects, is_done, key)
+    counts = {"already_done": 0, "written": 0, "rejected": 0}
+    with (
+        AppendWriter(output) as out,
+        AppendWriter(rejects) as bad,
+        progress(description, total) as advance,
+    ):
+        batch: list[tuple[int, dict]] = []
+
+        def flush() -> None:
+            results = fn([record for _, record in batch])
+            lines = {record[key]: number for number, record in batch}
+            good = [r for r in results if REJECT_KEY not in r]
+            failed = [_as_reject(r, source, lines) for r in results if REJECT_KEY in r]
+            bad.write_many(failed)
+            out.write_many(good)
+            counts["written"] += len(good)
+            counts["rejected"] += len(failed)
+            advance(len(batch))
+            batch.clear()
+
+        for number, record in records:
+            if record[key] in done:
+                counts["already_done"] += 1
+                advance()
+                continue
+            batch.append((number, record))
+            if len(batch) >= batch_size:
+                flush()
+        if batch:
+            flush()
+    return counts
+
+
+def _as_reject(record: dict, source: str, lines: dict) -> dict:
+    reason = record[REJECT_KEY]
+    clean = {k: v for k, v in record.items() if k != REJECT_KEY}
+    return {
+        "id": record.get("id"),
+        **reject_record(source, lines.get(record.get("id"), 0), reason, clean),
+    }
+
+
+def numbered(path: Path) -> Iterable[tuple[int, dict]]:
+    """(line number, record) pairs of a JSONL file written by lmmixup."""
+    return enumerate(read_records(path), start=1)

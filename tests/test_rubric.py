@@ -1,0 +1,141 @@
+"""The judge rubric: prompts, parse_rating, compress_score and the Rating record."""
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lmmixup.rating import (
+    Rating,
+    build_rubric_logprob_prompt,
+    build_rubric_messages,
+    compress_score,
+    is_high,
+    parse_rating,
+)
+
+
+def test_rubric_messages_carry_the_pair_and_the_json_keys():
+    messages = build_rubric_messages("Name a prime.", "7 is prime.")
+    assert [m["role"] for m in messages] == ["system", "user"]
+    for key in ("rarity", "complexity", "informativeness", "overall"):
+        assert f'"{key}"' in messages[0]["content"]
+    assert "Name a prime." in messages[1]["content"]
+    assert "7 is prime." in messages[1]["content"]
+
+
+def test_logprob_prompt_prefills_up_to_the_overall_score():
+    built = build_rubric_logprob_prompt("Q", "A")
+    assert built.assistant_prefix == '{"overall":'
+    assert built.score_tokens == tuple(str(v) for v in range(1, 11))
+    assert built.messages[-1]["role"] == "user"
+    assert '{"overall":7}' in built.messages[0]["content"]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('{"rarity": 3, "complexity": 4, "informativeness": 5, "overall": 6}', (6, 3, 4, 5)),
+        ('```json\n{"overall": 9, "rarity": 2}\n```', (9, 2, None, None)),
+        ('Here is my rating.\n{"overall": 8}\nHope it helps!', (8, None, None, None)),
+        ('{"Overall rating": 7, "Rarity": 2}', (7, 2, None, None)),
+        ('{"OVERALL": 5, "COMPLEXITY": 6}', (5, None, 6, None)),
+        ('{"overall_rating": 4, "informativeness_score": 9}', (4, None, None, 9)),
+        ('{"overall": 7.6}', (8, None, None, None)),
+        ('{"overall": 7.5}', (8, None, None, None)),
+        ('{"overall": "8/10", "rarity": "3"}', (8, 3, None, None)),
+        ('{"overall": 0, "rarity": 11, "complexity": -3, "informativeness": 100}', (1, 10, 1, 10)),
+        (
+            '{"overall": 6, "notes": {"overall": 2}, "tags": [1, 2], "x": "y"}',
+            (6, None, None, None),
+        ),
+        ('{"overall": 3} and then {"overall": 9}', (3, None, None, None)),
+        ('{"result": {"overall": 6, "rarity": 5}}', (6, 5, None, None)),
+        ("{'overall': 7, 'rarity': 4}", (7, 4, None, None)),
+        ('{"overall": 8, "rarity": 4,}', (8, 4, None, None)),
+        ('{"overall": 8, "rarity": 4', (8, 4, None, None)),
+        ('{"template": "{overall}"} {"overall": 5}', (5, None, None, None)),
+        ('{"overall": true} {"overall": 4}', (4, None, None, None)),
+    ],
+)
+def test_parse_rating_accepts(text, expected):
+    rating = parse_rating(text)
+    assert rating is not None
+    assert (rating.overall, rating.rarity, rating.complexity, rating.informativeness) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "I cannot rate this.",
+        "no json { here",
+        '{"rarity": 5, "complexity": 6}',
+        '{"overall": "excellent"}',
+        '{"overall": NaN}',
+        '{"overall": null}',
+        '{"score": 8}',
+        "{}",
+        "[1, 2, 3]",
+    ],
+)
+def test_parse_rating_rejects(text):
+    assert parse_rating(text) is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text())
+def test_parse_rating_never_raises(text):
+    result = parse_rating(text)
+    assert result is None or 1 <= result.overall <= 10
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(alphabet="{}[]\":,'0123456789.-+ overalOVERAL_/\n", max_size=80))
+def test_parse_rating_never_raises_on_json_like_text(text):
+    result = parse_rating(text)
+    assert result is None or 1 <= result.overall <= 10
+
+
+@pytest.mark.parametrize(
+    ("overall", "score"),
+    [(1, 0), (2, 0), (3, 0), (4, 0), (5, 1), (6, 2), (7, 3), (8, 4), (9, 5), (10, 5)],
+)
+def test_compress_score_on_the_scale(overall, score):
+    assert compress_score(overall) == score
+
+
+@pytest.mark.parametrize(
+    ("overall", "score"), [(7.49, 3), (7.5, 4), (8.4, 4), (4.5, 1), (3.2, 0), (9.7, 5)]
+)
+def test_compress_score_rounds_floats_half_up(overall, score):
+    assert compress_score(overall) == score
+
+
+def test_compress_score_rejects_nan():
+    with pytest.raises(ValueError):
+        compress_score(float("nan"))
+
+
+def test_is_high_threshold():
+    assert is_high(4) and is_high(5)
+    assert not is_high(3)
+    assert is_high(3, threshold=3)
+
+
+def test_rating_record():
+    record = Rating(overall=8, rarity=3).to_record(rater="judge-x", method="json")
+    assert record == {
+        "overall": 8,
+        "score": 4,
+        "rarity": 3,
+        "complexity": None,
+        "informativeness": None,
+        "rater": "judge-x",
+        "method": "json",
+    }
+
+
+@pytest.mark.parametrize("bad", [{"overall": 0}, {"overall": 11}, {"overall": 5, "rarity": 12}])
+def test_rating_validates_its_range(bad):
+    with pytest.raises(ValueError):
+        Rating(**bad)
