@@ -1,0 +1,200 @@
+"""`lmmixup data import`: every format, every kind of bad row, stable ids."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lmmixup.config import ImportConfig
+from lmmixup.data_import import import_pool
+from lmmixup.io import read_records
+from lmmixup.records import content_id
+
+GOOD = {"prompt": "What is the capital of France?", "completion": "Paris is the capital of France."}
+
+
+def _write_lines(path: Path, lines: list[bytes]) -> Path:
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return path
+
+
+def _import(tmp_path: Path, *sources: Path | str, **cfg) -> tuple[list[dict], list[dict]]:
+    out = tmp_path / "pool.jsonl"
+    result = import_pool([str(s) for s in sources], out, ImportConfig(**cfg))
+    return read_records(out), read_records(result.rejects)
+
+
+def test_every_format_is_normalised(tmp_path):
+    rows = {
+        "pc": {"id": "a", "prompt": "p1", "completion": "c1"},
+        "alpaca": {"instruction": "Translate", "input": "hola", "output": "hello"},
+        "sharegpt": {
+            "id": "s",
+            "conversations": [
+                {"from": "system", "value": "be nice"},
+                {"from": "human", "value": "hi"},
+                {"from": "gpt", "value": "hello!"},
+                {"from": "human", "value": "more"},
+                {"from": "gpt", "value": "sure"},
+            ],
+        },
+        "messages": {
+            "messages": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]
+        },
+        "qa": {"question": "q?", "answer": "a."},
+    }
+    path = _write_lines(tmp_path / "mixed.jsonl", [json.dumps(r).encode() for r in rows.values()])
+    pool, rejects = _import(tmp_path, path)
+    assert rejects == []
+    by_prompt = {r["prompt"]: r for r in pool}
+    assert by_prompt["p1"]["id"] == "a"
+    assert by_prompt["Translate\n\nhola"]["completion"] == "hello"
+    assert by_prompt["hi"]["completion"] == "hello!"
+    assert by_prompt["hi"]["meta"] == {"system": ["be nice"], "turns": 5}
+    assert by_prompt["2+2?"]["completion"] == "4"
+    assert by_prompt["q?"]["completion"] == "a."
+    assert {r["source"] for r in pool} == {"mixed"}
+
+
+def test_json_array_csv_parquet_and_saved_dataset(tmp_path):
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    array = tmp_path / "arr.json"
+    array.write_text(
+        json.dumps([GOOD, {"prompt": "x", "completion": "y", "source": "s2"}], indent=2)
+    )
+    csv_path = tmp_path / "t.csv"
+    csv_path.write_text('prompt,completion,extra\n"multi\nline",done,7\nshort,row\n')
+    parquet = tmp_path / "t.parquet"
+    pq.write_table(
+        pa.Table.from_pylist([{"prompt": "pp", "completion": "cc", "task_type": None}]), parquet
+    )
+    saved = tmp_path / "saved"
+    datasets.Dataset.from_list([{"instruction": "ii", "output": "oo"}]).save_to_disk(str(saved))
+
+    pool, rejects = _import(tmp_path, array, csv_path, parquet, saved)
+    prompts = {r["prompt"]: r for r in pool}
+    assert set(prompts) == {GOOD["prompt"], "x", "multi\nline", "pp", "ii"}
+    assert prompts["x"]["source"] == "s2" and prompts["multi\nline"]["meta"] == {"extra": "7"}
+    assert len(rejects) == 1 and rejects[0]["line"] == 4 and "fewer fields" in rejects[0]["reason"]
+
+
+def test_truncated_json_array_keeps_complete_elements(tmp_path):
+    path = tmp_path / "cut.json"
+    text = json.dumps([GOOD, {"prompt": "b", "completion": "c"}], indent=1)
+    path.write_text(text[: text.rindex('"c"')])
+    pool, rejects = _import(tmp_path, path)
+    assert [r["prompt"] for r in pool] == [GOOD["prompt"]]
+    assert len(rejects) == 1 and "truncated" in rejects[0]["reason"]
+
+
+BAD_ROWS = {
+    "bad JSON": b'{"prompt": "x", "completion": ',
+    "not an object": b'["prompt", "completion"]',
+    "missing field": b'{"prompt": "only a prompt"}',
+    "empty prompt": b'{"prompt": "   ", "completion": "c"}',
+    "empty completion": b'{"prompt": "p", "completion": ""}',
+    "invalid UTF-8": b'{"prompt": "caf\xe9", "completion": "c"}',
+    "huge text": json.dumps({"prompt": "p", "completion": "x" * 2000}).encode(),
+    "duplicate id": json.dumps({"id": "dup", "prompt": "p2", "completion": "c2"}).encode(),
+    "wrong type": b'{"prompt": 12, "completion": "c"}',
+    "wrong id type": b'{"id": [1], "prompt": "p", "completion": "c"}',
+    "bad task type": b'{"prompt": "p", "completion": "c", "task_type": "poem"}',
+    "bad conversation": b'{"conversations": [{"from": "gpt", "value": "orphan answer"}]}',
+}
+
+
+def test_every_bad_row_is_rejected_with_its_line_and_good_rows_are_kept(tmp_path):
+    good = [
+        json.dumps({"id": f"g{i}", "prompt": f"p{i}", "completion": f"c{i}"}).encode()
+        for i in range(3)
+    ]
+    first_dup = json.dumps({"id": "dup", "prompt": "p1", "completion": "c1"}).encode()
+    lines = [good[0], first_dup, *BAD_ROWS.values(), good[1], b"", good[2]]
+    path = _write_lines(tmp_path / "bad.jsonl", lines)
+    pool, rejects = _import(tmp_path, path, reject_over_chars=1000)
+    assert sorted(r["id"] for r in pool) == ["dup", "g0", "g1", "g2"]
+    assert [r["line"] for r in rejects] == list(range(3, 3 + len(BAD_ROWS)))
+    assert all(r["file"] == str(path) and r["reason"] and "raw" in r for r in rejects)
+    reasons = dict(zip(BAD_ROWS, (r["reason"] for r in rejects), strict=True))
+    assert "invalid JSON" in reasons["bad JSON"]
+    assert "UTF-8" in reasons["invalid UTF-8"]
+    assert "over the limit" in reasons["huge text"]
+    assert "duplicate id 'dup'" in reasons["duplicate id"] and ":2" in reasons["duplicate id"]
+    assert "must be a string" in reasons["wrong type"]
+    assert rejects[list(BAD_ROWS).index("invalid UTF-8")]["raw"].startswith('{"prompt": "caf')
+
+
+def test_ids_are_stable_and_content_based(tmp_path):
+    path = _write_lines(tmp_path / "a.jsonl", [json.dumps(GOOD).encode()])
+    first, _ = _import(tmp_path, path)
+    second, _ = _import(tmp_path, path)
+    assert first[0]["id"] == second[0]["id"] == content_id(GOOD["prompt"], GOOD["completion"])
+    assert content_id("a", "bc") != content_id("ab", "c")
+
+
+def test_filters_sample_and_limit(tmp_path):
+    rows = [{"prompt": "p" * (i + 1), "completion": "c"} for i in range(20)]
+    path = _write_lines(tmp_path / "r.jsonl", [json.dumps(r).encode() for r in rows])
+    pool, _ = _import(tmp_path, path, min_prompt_chars=5, max_prompt_chars=15)
+    assert [len(r["prompt"]) for r in pool] == list(range(5, 16))
+    a, _ = _import(tmp_path, path, sample=5, seed=3)
+    b, _ = _import(tmp_path, path, sample=5, seed=3)
+    assert [r["id"] for r in a] == [r["id"] for r in b] and len(a) == 5
+    limited, _ = _import(tmp_path, path, limit=4)
+    assert len(limited) == 4
+
+
+def test_builtin_gsm8k_source(tmp_path):
+    pool, rejects = _import(tmp_path, "gsm8k")
+    assert len(pool) == 1319 and not rejects
+    assert all(r["source"] == "gsm8k" and "####" in r["completion"] for r in pool)
+
+
+@pytest.mark.slow
+def test_builtin_sharegpt_recovers_every_complete_conversation(tmp_path):
+    pool, rejects = _import(tmp_path, "sharegpt")
+    # 17,671 complete conversations are recoverable; the truncated tail is one more reject.
+    assert len(pool) + len(rejects) == 17_672
+    assert sum("truncated" in r["reason"] for r in rejects) == 1
+    assert len(pool) > 11_000
+
+
+def test_cli_import_exits_zero_and_prints_counts(tmp_path):
+    path = _write_lines(tmp_path / "in.jsonl", [json.dumps(GOOD).encode(), b"{oops"])
+    out = tmp_path / "out.jsonl"
+    done = subprocess.run(
+        [sys.executable, "-m", "lmmixup.cli", "-q", "data", "import", str(path), "-o", str(out)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "kept 1 rows" in done.stdout and "rejected 1 rows" in done.stdout
+    assert (tmp_path / "out.rejects.jsonl").exists()
+
+
+def test_cli_missing_source_is_a_one_line_error(tmp_path):
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lmmixup.cli",
+            "data",
+            "import",
+            "nope.jsonl",
+            "-o",
+            str(tmp_path / "o.jsonl"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0 and "nope.jsonl" in done.stderr

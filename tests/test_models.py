@@ -1,0 +1,53 @@
+"""Model backends: the tiny random Llama for speed, the real bundled models once."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lmmixup.backends.base import GenParams
+from lmmixup.backends.hf import HFChatModel
+
+
+def _chat(text: str) -> list[dict]:
+    return [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": text}]
+
+
+def test_batched_generation_matches_one_at_a_time(tiny_llama):
+    model = HFChatModel(str(tiny_llama), dtype="float32", batch_size=4)
+    prompts = [
+        _chat("hi"),
+        _chat("a much longer question about many different things"),
+        _chat("ok?"),
+    ]
+    params = GenParams(max_new_tokens=8)
+    batched = model.generate(prompts, params)
+    single = [model.generate([p], params)[0] for p in prompts]
+    assert [g.text for g in batched] == [g.text for g in single]
+    assert all(g.finish_reason in ("stop", "length") and g.completion_tokens <= 8 for g in batched)
+
+
+def test_next_token_logprobs_are_log_probabilities(tiny_llama):
+    model = HFChatModel(str(tiny_llama), dtype="float32")
+    texts = [model.render(_chat("score it"), '{"overall": '), model.render(_chat("x"), "")]
+    logprobs = model.next_token_logprobs(texts, [str(d) for d in range(10)])
+    assert logprobs.shape == (2, 10)
+    assert np.all(logprobs < 0) and np.all(np.exp(logprobs).sum(axis=1) < 1)
+
+
+@pytest.mark.slow
+def test_real_bundled_models_produce_real_output():
+    from lmmixup.backends.embed import load_embedder
+
+    model = HFChatModel("bundled:smollm2-135m-instruct", batch_size=2)
+    # Only the user turn: SmolLM2-135M derails under a custom system prompt.
+    question = [{"role": "user", "content": "What is the capital of France?"}]
+    [reply] = model.generate([question], GenParams(max_new_tokens=16))
+    assert "Paris" in reply.text
+    embedder = load_embedder("bundled:minilm")
+    vectors = embedder.encode(
+        ["A cat sits on the mat.", "A kitten is sitting on a rug.", "Stock prices fell."]
+    )
+    assert vectors.shape == (3, 384)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)
+    assert vectors[0] @ vectors[1] > vectors[0] @ vectors[2] + 0.3
