@@ -16,11 +16,17 @@ def _load_hf(cfg: BackendConfig) -> Generator:
     return HFChatModel(cfg.model, dtype=cfg.dtype, batch_size=cfg.batch_size)
 
 
-LOADERS: dict[str, Callable[[BackendConfig], Generator]] = {"hf": _load_hf}
+def _load_openai(cfg: BackendConfig) -> Generator:
+    from lmmixup.backends.openai_chat import load
+
+    return load(cfg)
+
+
+LOADERS: dict[str, Callable[[BackendConfig], Generator]] = {"hf": _load_hf, "openai": _load_openai}
 
 
 def load_generator(cfg: BackendConfig, cache: CallCache | None = None) -> Generator:
-    """The configured generator, wrapped in the call cache unless `cache` is False-y and None."""
+    """The configured generator, wrapped in the call cache when one is given."""
     try:
         loader = LOADERS[cfg.backend]
     except KeyError:

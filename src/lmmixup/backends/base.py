@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
 from lmmixup.cache import CallCache, call_key
+from lmmixup.errors import LmmixupError
 
 Messages = list[dict]
 
@@ -36,6 +37,24 @@ class Generation:
     @property
     def ok(self) -> bool:
         return self.error is None
+
+
+class RequestBudgetExhausted(LmmixupError):
+    """The model's `max_requests` cap is reached; `.results` holds what this call finished.
+
+    `.results` has one entry per prompt, in input order: a Generation for each item that
+    completed (successfully or as an error Generation), None for each item that could not
+    complete because no request was left. Save the Generations and stop; a re-run does the rest.
+    """
+
+    def __init__(self, results: list[Generation | None], limit: int):
+        self.results = results
+        self.limit = limit
+        done = sum(result is not None for result in results)
+        super().__init__(
+            f"request budget spent: max_requests={limit} reached; "
+            f"{done} of {len(results)} items of this batch finished"
+        )
 
 
 class Generator(Protocol):
