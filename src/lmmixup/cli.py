@@ -164,6 +164,154 @@ def config_check(path: Annotated[Path, typer.Argument(help="A run config.")]) ->
     _echo(f"{path}: ok")
 
 
+ForceOpt = Annotated[
+    bool,
+    typer.Option(help="Redo from scratch when the config or inputs changed, instead of refusing."),
+]
+
+
+def _file_stage(output: Path, name: str, inputs: list[Path], section, body, force: bool) -> dict:
+    """Run a standalone command as a resumable stage whose manifest sits beside OUTPUT."""
+    from lmmixup.config import result_config
+    from lmmixup.runner import run_file_stage
+
+    result = run_file_stage(
+        output, name, inputs=inputs, config=result_config(section), body=body, force=force
+    )
+    if result.skipped:
+        _echo(f"{output} is already complete for this config and input (use --force to redo it)")
+    return result.manifest.get("counts", {})
+
+
+def _rejects_beside(output: Path) -> Path:
+    return output.with_name(output.name.removesuffix(".jsonl") + ".rejects.jsonl")
+
+
+@app.command(
+    epilog="Examples:\n\n    lmmixup rate pool.jsonl -o rated.jsonl      # bundled SmolLM2, logprob mode\n\n"
+    "    lmmixup rate pool.jsonl -o rated.jsonl --backend openai --base-url http://localhost:8000/v1 "
+    "--model Qwen/Qwen2.5-7B-Instruct --mode generate --concurrency 16 --max-requests 5000\n\n"
+    "    lmmixup rate pool.jsonl -o rated.jsonl --propagate 0.1 --curate\n\n"
+    "    lmmixup rate pool.jsonl -o rated.jsonl --method knn --library runs/x/rate/library"
+)
+def rate(
+    pool: Annotated[Path, typer.Argument(help="Pool records (JSONL).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Rated records (JSONL).")],
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+    backend: Annotated[str | None, typer.Option(help="Judge backend: hf | openai.")] = None,
+    model: Annotated[
+        str | None, typer.Option(help="Judge model: path, bundled name, or server model name.")
+    ] = None,
+    base_url: Annotated[
+        str | None, typer.Option(help="openai backend: server URL, e.g. http://localhost:8000/v1.")
+    ] = None,
+    api_key_env: Annotated[
+        str | None, typer.Option(help="openai backend: variable holding the key [OPENAI_API_KEY].")
+    ] = None,
+    concurrency: Annotated[
+        int | None, typer.Option(help="openai backend: requests in flight.")
+    ] = None,
+    max_requests: Annotated[
+        int | None, typer.Option(help="openai backend: stop cleanly after this many requests.")
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help="hf backend: prompts per forward pass.")
+    ] = None,
+    mode: Annotated[
+        str | None, typer.Option(help="logprob (hf only; one forward pass) | generate.")
+    ] = None,
+    method: Annotated[str | None, typer.Option(help="judge | knn (score with --library).")] = None,
+    library: Annotated[
+        str | None, typer.Option(help="kNN-Bayes library folder for --method knn.")
+    ] = None,
+    propagate: Annotated[
+        float | None, typer.Option(help="Judge this fraction; score the rest with kNN-Bayes.")
+    ] = None,
+    curate: Annotated[
+        bool | None,
+        typer.Option("--curate/--no-curate", help="Flag ratings their neighbourhood contradicts."),
+    ] = None,
+    force: ForceOpt = False,
+) -> None:
+    """Rate every sample with the rubric judge (rarity, complexity, informativeness, overall).
+
+    A rating that fails is recorded as `rating: null` with `rating_error`, never as a default
+    score; running the same command again retries only the failures and the unrated rest.
+    """
+    from lmmixup.cache import CallCache
+    from lmmixup.config import RateConfig, load_config
+    from lmmixup.rating.stage import rate_pool
+
+    judge = {
+        "backend": backend,
+        "model": model,
+        "base_url": base_url,
+        "api_key_env": api_key_env,
+        "concurrency": concurrency,
+        "max_requests": max_requests,
+        "batch_size": batch_size,
+    }
+    flags = {f"judge.{k}": v for k, v in judge.items()}
+    flags |= {
+        "mode": mode,
+        "method": method,
+        "library": library,
+        "propagate": propagate,
+        "curate": curate,
+    }
+    cfg = load_config(RateConfig, config, _overrides(sets, **flags))
+
+    def body(stage) -> None:
+        work_dir = output.parent / (output.name.removesuffix(".jsonl") + ".work")
+        counts = rate_pool(
+            pool, output, _rejects_beside(output), cfg, CallCache(), work_dir, stage.previous_runs
+        )
+        stage.counts.update(counts)
+        if counts["failed"]:
+            stage.partial = f"{counts['failed']} ratings failed"
+
+    counts = _file_stage(output, "rate", [pool], cfg, body, force)
+    _echo(f"rated {counts.get('rated', 0):,}, failed {counts.get('failed', 0):,} -> {output}")
+    _echo(f"scores 0-5: {counts.get('score_histogram', {})}")
+    if counts.get("failed"):
+        _echo("re-run the same command to retry the failed ratings")
+    if "agreement" in counts:
+        _echo(f"kNN-Bayes agreement with the judge on held-out samples: {counts['agreement']}")
+
+
+@app.command(
+    epilog="Examples:\n\n    lmmixup split rated.jsonl --high high.jsonl --low low.jsonl\n\n"
+    "    lmmixup split rated.jsonl --high high.jsonl --low low.jsonl --high-fraction 0.2"
+)
+def split(
+    rated: Annotated[Path, typer.Argument(help="Rated records (JSONL).")],
+    high: Annotated[Path, typer.Option(help="Output: high-quality records.")],
+    low: Annotated[Path, typer.Option(help="Output: low-quality records.")],
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+    threshold: Annotated[int | None, typer.Option(help="High <=> score >= threshold [4].")] = None,
+    high_fraction: Annotated[
+        float | None, typer.Option(help="Take this top fraction as high instead.")
+    ] = None,
+) -> None:
+    """Split rated records into high and low quality; failed ratings go to unrated.jsonl."""
+    from lmmixup.config import SplitConfig, load_config
+    from lmmixup.split import split_file
+
+    cfg = load_config(
+        SplitConfig, config, _overrides(sets, threshold=threshold, high_fraction=high_fraction)
+    )
+    counts = split_file(rated, high, low, cfg)
+    _echo(f"high {counts['high']:,} -> {high}; low {counts['low']:,} -> {low} ({counts['rule']})")
+    for source, c in counts["per_source"].items():
+        _echo(f"  {source}: high {c['high']:,}, low {c['low']:,}")
+    if counts["unrated"]:
+        _echo(
+            f"{counts['unrated']:,} records have no rating (failures) -> {counts['unrated_file']}"
+        )
+
+
 @app.command(
     epilog="Examples:\n\n    lmmixup run                      # the bundled demo, into runs/demo\n\n"
     "    lmmixup run my.yaml --run-dir runs/exp1\n\n"
@@ -221,16 +369,12 @@ def main() -> None:
     except KeyboardInterrupt:
         typer.echo("interrupted; re-run the same command to resume", err=True)
         sys.exit(130)
-    except SystemExit:
-        raise
+    except typer.Abort:
+        sys.exit(1)
+    except typer.TyperException as exc:  # usage errors: bad option, missing argument
+        exc.show()
+        sys.exit(exc.exit_code)
     except Exception as exc:
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
-            sys.exit(1)
         if _state["verbose"]:
             raise
         typer.echo(f"error: {type(exc).__name__}: {exc} (run with -v for the traceback)", err=True)

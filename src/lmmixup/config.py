@@ -16,6 +16,8 @@ from lmmixup.errors import ConfigError
 
 DEFAULT_LM = "bundled:smollm2-135m-instruct"
 DEFAULT_EMBEDDER = "bundled:minilm"
+# Keys that change how a stage runs but not what it produces: a resumed stage may change them.
+OPERATIONAL = {"operational": True}
 
 
 class Section(BaseModel):
@@ -90,30 +92,47 @@ class BackendConfig(Section):
     api_key_env: str = Field(
         "OPENAI_API_KEY",
         description="openai backend: environment variable holding the API key (never put a key in a config).",
+        json_schema_extra=OPERATIONAL,
     )
     api_key_file: str | None = Field(
         None,
         description="openai backend: file holding the API key, used when the variable is unset.",
+        json_schema_extra=OPERATIONAL,
     )
-    concurrency: int = Field(8, ge=1, description="openai backend: requests in flight at once.")
+    concurrency: int = Field(
+        8,
+        ge=1,
+        description="openai backend: requests in flight at once.",
+        json_schema_extra=OPERATIONAL,
+    )
     max_requests: int | None = Field(
         None,
         ge=1,
         description="openai backend: hard cap on requests this run; the stage stops cleanly with partial results saved.",
+        json_schema_extra=OPERATIONAL,
     )
     max_retries: int = Field(
         5,
         ge=0,
         description="openai backend: retries on 429/5xx/timeouts, with exponential backoff (Retry-After honoured).",
+        json_schema_extra=OPERATIONAL,
     )
     timeout_s: float = Field(
-        120.0, gt=0, description="openai backend: per-request timeout in seconds."
+        120.0,
+        gt=0,
+        description="openai backend: per-request timeout in seconds.",
+        json_schema_extra=OPERATIONAL,
     )
     dtype: Literal["auto", "bfloat16", "float32"] = Field(
         "auto",
         description="hf backend: weights dtype; auto = bfloat16 where the CPU/GPU supports it.",
     )
-    batch_size: int = Field(16, ge=1, description="hf backend: prompts per forward/generate call.")
+    batch_size: int = Field(
+        16,
+        ge=1,
+        description="hf backend: prompts per forward/generate call.",
+        json_schema_extra=OPERATIONAL,
+    )
 
 
 class RateConfig(Section):
@@ -273,6 +292,19 @@ class RunConfig(Section):
     select: SelectConfig = Field(
         default_factory=SelectConfig, description="Build the training set."
     )
+
+
+def result_config(section: Section) -> dict:
+    """The section as JSON without operational keys: what a stage's fingerprint is built from."""
+    data = section.model_dump(mode="json", by_alias=True)
+    for name, info in type(section).model_fields.items():
+        key = info.alias or name
+        value = getattr(section, name)
+        if (info.json_schema_extra or {}).get("operational"):
+            data.pop(key)
+        elif isinstance(value, Section):
+            data[key] = result_config(value)
+    return data
 
 
 def _format_errors(error: ValidationError, origin: str) -> str:

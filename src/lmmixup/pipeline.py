@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from lmmixup.config import RunConfig, load_yaml, validate
+from lmmixup.config import RunConfig, load_yaml, result_config, to_yaml, validate
 from lmmixup.runner import StageDir, StageResult, run_stage
 from lmmixup.sources import BUILTIN_SOURCES, builtin_path
 
@@ -46,6 +46,38 @@ def _import_body(stage: StageDir, cfg: RunConfig, _: dict[str, Outputs]) -> None
     stage.counts.update(result.counts())
 
 
+def _rate_body(stage: StageDir, cfg: RunConfig, outputs: dict[str, Outputs]) -> None:
+    from lmmixup.cache import CallCache
+    from lmmixup.rating.stage import rate_pool
+
+    counts = rate_pool(
+        outputs["import"]["pool"],
+        stage.file("rated.jsonl"),
+        stage.file("rejects.jsonl"),
+        cfg.rate,
+        CallCache(),
+        stage.path,
+        stage.previous_runs,
+    )
+    stage.counts.update(counts)
+    if counts["failed"]:
+        stage.partial = f"{counts['failed']} ratings failed; re-run to retry them"
+
+
+def _split_body(stage: StageDir, cfg: RunConfig, outputs: dict[str, Outputs]) -> None:
+    from lmmixup.split import split_file
+
+    stage.counts.update(
+        split_file(
+            outputs["rate"]["rated"], stage.file("high.jsonl"), stage.file("low.jsonl"), cfg.split
+        )
+    )
+
+
+def _previous(stage: str, key: str) -> Callable[[RunConfig, dict[str, Outputs]], list[Path]]:
+    return lambda cfg, outputs: [outputs[stage][key]]
+
+
 STAGES: list[PipelineStage] = [
     PipelineStage(
         "import",
@@ -53,6 +85,20 @@ STAGES: list[PipelineStage] = [
         _import_inputs,
         _import_body,
         {"pool": "pool.jsonl", "rejects": "rejects.jsonl"},
+    ),
+    PipelineStage(
+        "rate",
+        "rate",
+        _previous("import", "pool"),
+        _rate_body,
+        {"rated": "rated.jsonl", "rejects": "rejects.jsonl"},
+    ),
+    PipelineStage(
+        "split",
+        "split",
+        _previous("rate", "rated"),
+        _split_body,
+        {"high": "high.jsonl", "low": "low.jsonl"},
     ),
 ]
 
@@ -68,7 +114,7 @@ def run_pipeline(cfg: RunConfig, run_dir: str | Path, force: bool = False) -> di
     """Run every stage in order (skipping finished ones) and write `summary.json`."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(json.dumps(cfg.model_dump(by_alias=True), indent=2))
+    (run_dir / "config.yaml").write_text(to_yaml(cfg))
     outputs: dict[str, Outputs] = {}
     results: list[StageResult] = []
     for stage in STAGES:
@@ -77,7 +123,7 @@ def run_pipeline(cfg: RunConfig, run_dir: str | Path, force: bool = False) -> di
             run_dir,
             stage.name,
             inputs=stage.inputs(cfg, outputs),
-            config=section.model_dump(mode="json"),
+            config=result_config(section),
             body=lambda stage_dir, stage=stage: stage.body(stage_dir, cfg, outputs),
             force=force,
         )

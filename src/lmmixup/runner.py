@@ -3,8 +3,8 @@
 A stage is a folder under the run directory with its outputs, its rejects and a
 `manifest.json` (config hash, input hashes, package versions, counts, timings, status).
 - complete + same config and inputs  -> skipped;
-- running (interrupted) + same        -> resumed: per-record outputs continue after the last
-                                          flushed batch, never duplicating a record;
+- running (interrupted) or partial    -> resumed: per-record outputs continue after the last
+  (e.g. failed ratings) + same            flushed batch, never duplicating a record;
 - different config or inputs          -> refused with the differences, unless `force`.
 
 Per-record work is a function over a batch of records (`BatchFn`) so that the same function
@@ -64,6 +64,8 @@ class StageDir:
     path: Path
     counts: dict[str, Any] = field(default_factory=dict)
     resumed: bool = False
+    previous_runs: int = 0
+    partial: str | None = None  # why the stage is not finished yet (re-runs retry it)
 
     def file(self, name: str) -> Path:
         return self.path / name
@@ -110,15 +112,14 @@ def _check_same(manifest: dict, fingerprint: dict, name: str) -> None:
         )
 
 
-def read_manifest(stage_path: Path) -> dict | None:
-    path = stage_path / "manifest.json"
+def read_manifest(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def write_manifest(stage_path: Path, manifest: dict) -> None:
-    tmp = stage_path / ".manifest.json.tmp"
+def write_manifest(path: Path, manifest: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False, default=str))
-    tmp.replace(stage_path / "manifest.json")
+    tmp.replace(path)
 
 
 @dataclass
@@ -140,14 +141,46 @@ def run_stage(
 ) -> StageResult:
     """Run one stage of a run directory with skip / resume / refuse semantics (module doc)."""
     stage_path = Path(run_dir) / name
+    return _run(
+        stage_path, stage_path / "manifest.json", name, inputs, config, body, force, [stage_path]
+    )
+
+
+def run_file_stage(
+    output: str | Path,
+    name: str,
+    *,
+    inputs: Iterable[str | Path],
+    config: dict,
+    body: Callable[[StageDir], None],
+    force: bool = False,
+) -> StageResult:
+    """A stage outside a run directory (a standalone command): the manifest sits beside
+    `output` as OUTPUT.manifest.json; the same skip / resume / refuse rules apply."""
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    manifest_path = output.with_name(output.name.removesuffix(".jsonl") + ".manifest.json")
+    owned = [output, output.with_name(output.name.removesuffix(".jsonl") + ".rejects.jsonl")]
+    return _run(output.parent, manifest_path, name, inputs, config, body, force, owned)
+
+
+def _clear(paths: list[Path]) -> None:
+    for path in paths:
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def _run(stage_path, manifest_path, name, inputs, config, body, force, owned) -> StageResult:
     fingerprint = _fingerprint([Path(p) for p in inputs], config)
-    manifest = read_manifest(stage_path)
+    manifest = read_manifest(manifest_path)
     if manifest is not None:
         if force:
-            shutil.rmtree(stage_path)
+            _clear([*owned, manifest_path])
             manifest = None
         else:
-            _check_same({**manifest, "path": stage_path}, fingerprint, name)
+            _check_same({**manifest, "path": manifest_path}, fingerprint, name)
             if manifest["status"] == "complete":
                 return StageResult(name, stage_path, manifest, skipped=True)
     stage_path.mkdir(parents=True, exist_ok=True)
@@ -162,20 +195,25 @@ def run_stage(
         "started_at": started,
         "history": history,
     }
-    write_manifest(stage_path, manifest)
-    stage = StageDir(name, stage_path, resumed=resumed)
-    body(stage)
-    seconds = round(time.perf_counter() - clock, 3)
-    history.append({"started_at": started, "seconds": seconds, "resumed": resumed})
+    write_manifest(manifest_path, manifest)
+    stage = StageDir(name, stage_path, resumed=resumed, previous_runs=len(history))
+    try:
+        body(stage)
+    finally:
+        seconds = round(time.perf_counter() - clock, 3)
+        history.append({"started_at": started, "seconds": seconds, "resumed": resumed})
+        manifest.update(
+            history=history,
+            counts=stage.counts,
+            total_seconds=round(sum(h["seconds"] for h in history), 3),
+        )
+        write_manifest(manifest_path, manifest)
     manifest.update(
-        status="complete",
-        finished_at=_now(),
-        seconds=seconds,
-        total_seconds=round(sum(h["seconds"] for h in history), 3),
-        counts=stage.counts,
-        history=history,
+        status="partial" if stage.partial else "complete", finished_at=_now(), seconds=seconds
     )
-    write_manifest(stage_path, manifest)
+    if stage.partial:
+        manifest["partial_reason"] = stage.partial
+    write_manifest(manifest_path, manifest)
     return StageResult(name, stage_path, manifest, skipped=False)
 
 
@@ -197,16 +235,18 @@ def process_records(
     key: str = "id",
     total: int | None = None,
     description: str = "records",
+    should_stop: Callable[[], bool] = lambda: False,
 ) -> dict[str, int]:
     """Apply a batch function to (line, record) pairs, appending results durably.
 
     Records whose key already has a finished output (or a reject) are skipped, so a re-run
     after a crash continues where it stopped. Each batch is flushed to disk before the next
     starts: a kill loses at most the batch in flight. Outputs carrying `REJECT_KEY` go to
-    the rejects file with the input's file and line.
+    the rejects file with the input's file and line. `should_stop` is asked after each
+    batch (e.g. a request budget ran out): the loop then ends with `stopped_early` counted.
     """
     done = _done_ids(output, rejects, is_done, key)
-    counts = {"already_done": 0, "written": 0, "rejected": 0}
+    counts = {"already_done": 0, "written": 0, "rejected": 0, "stopped_early": 0}
     with (
         AppendWriter(output) as out,
         AppendWriter(rejects) as bad,
@@ -234,6 +274,9 @@ def process_records(
             batch.append((number, record))
             if len(batch) >= batch_size:
                 flush()
+                if should_stop():
+                    counts["stopped_early"] = 1
+                    return counts
         if batch:
             flush()
     return counts

@@ -1,0 +1,269 @@
+"""The rate stage: judge the pool (or a fraction of it and propagate), or score with a library.
+
+Output: the pool records with `rating` (or `rating: null` + `rating_error` for a failure,
+which the next run retries). Resumable: records already rated are skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+
+from lmmixup.backends.embed import load_embedder, record_text
+from lmmixup.cache import CallCache
+from lmmixup.config import RateConfig
+from lmmixup.errors import LmmixupError
+from lmmixup.io import read_records, write_records
+from lmmixup.rating.judge import BudgetStop, make_generate_judge, make_logprob_judge
+from lmmixup.rating.knn_bayes import KnnBayesScorer, ScorerLibrary, load_task_scorers
+from lmmixup.runner import numbered, process_records
+
+LIBRARY_DIR = "library"
+HELD_OUT_FRACTION = 0.2
+
+
+def is_rated(record: dict) -> bool:
+    return record.get("rating") is not None
+
+
+def chosen_for_judge(record_id: str, fraction: float, seed: int) -> bool:
+    """A stable, seeded coin flip per id: the same records are judged on every resume."""
+    digest = hashlib.sha256(f"{seed}:{record_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+
+
+def _judge_fn(cfg: RateConfig, cache: CallCache | None, stop: BudgetStop, run_index: int):
+    from lmmixup.backends import load_generator
+
+    if cfg.mode == "logprob":
+        if cfg.judge.backend != "hf":
+            raise LmmixupError(
+                f"rate.mode=logprob needs judge.backend=hf (got {cfg.judge.backend}); use --mode generate"
+            )
+        from lmmixup.backends.hf import HFChatModel
+
+        model = HFChatModel(cfg.judge.model, dtype=cfg.judge.dtype, batch_size=cfg.judge.batch_size)
+        return make_logprob_judge(model, cfg, cache), model
+    generator = load_generator(cfg.judge, cache)
+    return make_generate_judge(generator, cfg, stop, run_index), generator
+
+
+def _batch_size(cfg: RateConfig) -> int:
+    return cfg.judge.concurrency * 4 if cfg.judge.backend == "openai" else cfg.judge.batch_size * 4
+
+
+def judge_records(
+    pool: Path,
+    output: Path,
+    rejects: Path,
+    cfg: RateConfig,
+    cache: CallCache | None,
+    select=None,
+    run_index: int = 0,
+) -> dict:
+    """Judge every record (or those `select` accepts); stops cleanly at a request cap."""
+    stop = BudgetStop()
+    fn, model = _judge_fn(cfg, cache, stop, run_index)
+    records = [(n, r) for n, r in numbered(pool) if select is None or select(r)]
+    counts = process_records(
+        records,
+        fn,
+        output=output,
+        rejects=rejects,
+        source=str(pool),
+        batch_size=_batch_size(cfg),
+        is_done=is_rated,
+        total=len(records),
+        description="rate (judge)",
+        should_stop=stop,
+    )
+    usage = getattr(getattr(model, "inner", model), "usage", None)
+    if usage:
+        counts["judge_usage"] = dict(usage)
+    if stop.reason:
+        raise LmmixupError(
+            f"{stop.reason}; the ratings made so far are saved in {output}: re-run to continue"
+        )
+    return counts
+
+
+def make_knn_fn(library: ScorerLibrary, embedder, k: int):
+    """Batch function: the kNN-Bayes score of each record (one embedding call per batch)."""
+
+    def score(batch: list[dict]) -> list[dict]:
+        vectors = embedder.encode([record_text(r) for r in batch], description="embed batch")
+        out = [dict(r) for r in batch]
+        tasks = [r.get("task_type") for r in batch]
+        for task in set(tasks):
+            rows = [i for i, t in enumerate(tasks) if t == task]
+            scores = library.for_task(task).score(vectors[rows], k=k)
+            for row, expected, mode in zip(rows, scores.expected, scores.mode, strict=True):
+                out[row]["rating"] = {
+                    "overall": None,
+                    "score": int(round(float(expected))),
+                    "expected_score": round(float(expected), 4),
+                    "mode": int(mode),
+                    "rarity": None,
+                    "complexity": None,
+                    "informativeness": None,
+                    "rater": f"knn-bayes:{embedder.name}",
+                    "method": "knn",
+                }
+        return out
+
+    return score
+
+
+def score_with_library(
+    pool: Path, output: Path, rejects: Path, library: ScorerLibrary, cfg: RateConfig, select=None
+) -> dict:
+    embedder = load_embedder(cfg.embedder)
+    records = [(n, r) for n, r in numbered(pool) if select is None or select(r)]
+    return process_records(
+        records,
+        make_knn_fn(library, embedder, cfg.k),
+        output=output,
+        rejects=rejects,
+        source=str(pool),
+        batch_size=1024,
+        is_done=is_rated,
+        total=len(records),
+        description="rate (kNN-Bayes)",
+    )
+
+
+def _judged(output: Path) -> list[dict]:
+    return [
+        r for r in read_records(output) if is_rated(r) and r["rating"]["method"].startswith("judge")
+    ]
+
+
+def fit_library(records: list[dict], cfg: RateConfig) -> tuple[KnnBayesScorer, np.ndarray]:
+    """A kNN-Bayes scorer fitted on judged records; also returns their embeddings."""
+    embedder = load_embedder(cfg.embedder)
+    vectors = embedder.encode([record_text(r) for r in records], description="embed judged")
+    labels = np.array([r["rating"]["score"] for r in records], dtype=np.int64)
+    scorer = KnnBayesScorer.fit(
+        vectors, labels, k_transition=cfg.k_transition, embedder=cfg.embedder
+    )
+    return scorer, vectors
+
+
+def agreement(judged: list[dict], vectors: np.ndarray, cfg: RateConfig) -> dict:
+    """How well a scorer fitted on 80% of the judged records predicts the other 20%."""
+    held = np.array([chosen_for_judge(r["id"], HELD_OUT_FRACTION, cfg.seed + 1) for r in judged])
+    labels = np.array([r["rating"]["score"] for r in judged])
+    if held.sum() < 2 or (~held).sum() < 2:
+        return {"held_out": int(held.sum()), "note": "too few judged samples to measure agreement"}
+    scorer = KnnBayesScorer.fit(vectors[~held], labels[~held], k_transition=cfg.k_transition)
+    expected = scorer.expected(vectors[held], k=cfg.k)
+    truth = labels[held]
+    predicted = np.rint(expected)
+    return {
+        "held_out": int(held.sum()),
+        "exact": round(float(np.mean(predicted == truth)), 4),
+        "within_1": round(float(np.mean(np.abs(predicted - truth) <= 1)), 4),
+        "mae": round(float(np.mean(np.abs(expected - truth))), 4),
+        "high_low_agreement": round(float(np.mean((predicted >= 4) == (truth >= 4))), 4),
+        "majority_class_baseline": round(
+            float(np.mean(truth == np.bincount(labels[~held]).argmax())), 4
+        ),
+    }
+
+
+def propagate(pool: Path, output: Path, rejects: Path, cfg: RateConfig, library_dir: Path) -> dict:
+    """Fit a scorer on the judged fraction, measure agreement, score everything else."""
+    judged = _judged(output)
+    if len(judged) < 2:
+        raise LmmixupError(
+            f"propagation needs at least 2 judged samples, got {len(judged)}; raise rate.propagate"
+        )
+    scorer, vectors = fit_library(judged, cfg)
+    scorer.save(library_dir / "default")
+    counts = score_with_library(
+        pool,
+        output,
+        rejects,
+        ScorerLibrary({"default": scorer}),
+        cfg,
+        select=lambda r: not chosen_for_judge(r["id"], cfg.propagate, cfg.seed),
+    )
+    return {
+        "propagated": counts,
+        "agreement": agreement(judged, vectors, cfg),
+        "library": str(library_dir),
+    }
+
+
+def curate(output: Path, cfg: RateConfig) -> dict:
+    """Flag judged ratings their embedding neighbourhood contradicts; annotate the records."""
+    from lmmixup.rating.curation import flag_inconsistent
+
+    records = read_records(output)
+    judged_index = [
+        i
+        for i, r in enumerate(records)
+        if is_rated(r) and r["rating"]["method"].startswith("judge")
+    ]
+    if len(judged_index) < 3:
+        return {"note": "too few judged samples to curate"}
+    scorer, _ = fit_library([records[i] for i in judged_index], cfg)
+    result = flag_inconsistent(scorer, k=cfg.k)
+    for i, flag, curated in zip(judged_index, result.flags, result.curated, strict=True):
+        records[i]["rating"]["flagged"] = bool(flag)
+        records[i]["rating"]["curated_score"] = int(curated)
+    write_records(output, records)
+    return result.summary
+
+
+def rate_pool(
+    pool: Path,
+    output: Path,
+    rejects: Path,
+    cfg: RateConfig,
+    cache: CallCache | None,
+    work_dir: Path,
+    run_index: int = 0,
+) -> dict:
+    """The whole rate stage for one pool file; returns counts for the manifest.
+
+    `run_index` counts earlier runs of this stage: re-runs ask the judge again with new seeds.
+    """
+    counts: dict = {}
+    if cfg.method == "knn":
+        if not cfg.library:
+            raise LmmixupError("rate.method=knn needs a library folder (--library)")
+        counts["knn"] = score_with_library(
+            pool, output, rejects, _load_library(Path(cfg.library)), cfg
+        )
+    else:
+        select = (
+            None
+            if cfg.propagate is None
+            else (lambda r: chosen_for_judge(r["id"], cfg.propagate, cfg.seed))
+        )
+        counts["judge"] = judge_records(pool, output, rejects, cfg, cache, select, run_index)
+        if cfg.propagate is not None:
+            counts.update(propagate(pool, output, rejects, cfg, work_dir / LIBRARY_DIR))
+    if cfg.curate:
+        counts["curation"] = curate(output, cfg)
+    records = read_records(output)
+    counts["rated"] = sum(is_rated(r) for r in records)
+    counts["failed"] = len(records) - counts["rated"]
+    counts["score_histogram"] = _histogram(records)
+    if cache is not None:
+        counts["cache"] = cache.stats()
+    return counts
+
+
+def _load_library(path: Path) -> ScorerLibrary:
+    if (path / "meta.json").exists():
+        return ScorerLibrary({"default": KnnBayesScorer.load(path)})
+    return load_task_scorers(path)
+
+
+def _histogram(records: list[dict]) -> dict[str, int]:
+    scores = [r["rating"]["score"] for r in records if is_rated(r)]
+    return {str(s): scores.count(s) for s in range(6)}
