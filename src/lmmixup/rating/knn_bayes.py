@@ -195,6 +195,7 @@ class KnnBayesScorer:
 
     @property
     def embeddings(self) -> np.ndarray:
+        """The library's unit embeddings (N, d), float32."""
         return self.index.embeddings
 
     @classmethod
