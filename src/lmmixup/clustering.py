@@ -1,7 +1,7 @@
 """Stage 3: cluster embeddings into groups whose sizes are drawn in advance.
 
 The method draws the cluster sizes first, places ``k = len(sizes)`` centres with spherical
-k-means, then fills the centres greedily: points are visited in descending order of their
+k-means (k-means++-style seeds, Lloyd iterations in faiss), then fills the centres greedily: points are visited in descending order of their
 best-centre similarity and each goes to its most similar centre that still has room, so
 every cluster ends exactly at its drawn size.
 
@@ -9,32 +9,38 @@ The reference implementation builds a dense ``n x k`` similarity matrix, which c
 (300K points and 100K centres is 120 GB). Here each point only keeps its ``m`` most similar
 centres; a point whose candidates are all full when its turn comes gets fresh candidates from
 an exact search over the centres that still have room, so the greedy result is the same as
-the dense one whenever the candidate lists are exact. For large ``n * k`` the centres come
-from a two-level k-means (coarse cells, then k-means inside each cell) and the candidates
-from the centres of the few cells nearest to each point's cell.
+the dense one whenever the candidate lists are exact. For large ``n * k`` (above
+``_FLAT_LIMIT``) the centres come from a two-level k-means (coarse cells, then k-means inside
+each cell) and the candidates from the centres of the few cells nearest to each point, an
+approximation whose cost grows like ``n * k ** (2/3)`` instead of ``n * k``.
 
 All inputs are expected to be L2-normalised rows, so inner product is cosine similarity.
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
-from typing import Any
+from collections.abc import Callable, Hashable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import faiss
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 DEFAULT_CANDIDATES = 32
 """Candidate centres kept per point before the fallback search is needed."""
 
-_FLAT_LIMIT = 20_000_000
+_FLAT_LIMIT = 100_000_000
 """Largest ``n * k`` clustered with one flat k-means and exact candidate search."""
 
 _KMEANS_ITERS = 20
 _COARSE_ITERS = 10
-_NEIGHBOUR_CELLS = 4
+_COARSE_SAMPLE = 128
+_SEED_ROUNDS = 64
+_PROBES = 6
 _WALK_CHUNK = 4096
-_MAX_SIZE_DRAWS = 64
+
+T = TypeVar("T")
 
 
 # ---------------------------------------------------------------------------------------
@@ -228,9 +234,18 @@ def assign_to_centres(
 
 
 def spherical_kmeans(
-    X: np.ndarray, k: int, *, seed: int = 0, niter: int = _KMEANS_ITERS
+    X: np.ndarray,
+    k: int,
+    *,
+    seed: int = 0,
+    niter: int = _KMEANS_ITERS,
+    max_points_per_centre: int = 256,
 ) -> np.ndarray:
-    """Return ``k`` unit centres from seeded spherical k-means on unit rows ``X``."""
+    """Return ``k`` unit centres from seeded spherical k-means on unit rows ``X``.
+
+    Trains on a random sample of at most ``max_points_per_centre * k`` rows, starting from
+    k-means++-style seeds (:func:`_seed_centres`); Lloyd iterations run in faiss.
+    """
     X = _as_matrix(X)
     n, d = X.shape
     if not 1 <= k <= n:
@@ -239,11 +254,58 @@ def spherical_kmeans(
         return X.copy()
     if k == 1:
         return _normalise(X.sum(axis=0, keepdims=True))
+    rng = np.random.default_rng(seed)
+    if n > max_points_per_centre * k:
+        X = X[np.sort(rng.choice(n, max_points_per_centre * k, replace=False))]
     km = faiss.Kmeans(
-        d, k, niter=niter, seed=int(seed) % 2**31, spherical=True, min_points_per_centroid=1
+        d,
+        k,
+        niter=niter,
+        seed=int(seed) % 2**31,
+        spherical=True,
+        min_points_per_centroid=1,
+        max_points_per_centroid=max_points_per_centre,
     )
-    km.train(X)
+    km.train(X, init_centroids=X[_seed_centres(X, k, rng)])
     return _normalise(km.centroids)
+
+
+def _seed_centres(X: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Pick ``k`` distinct row indices as k-means seeds, k-means++ style, in batches.
+
+    Each round draws a batch of new seeds with probability proportional to the squared
+    distance (``2 - 2 cos``) to the nearest seed so far; ``_SEED_ROUNDS`` rounds keep the
+    cost near one Lloyd iteration. With ``k <= _SEED_ROUNDS + 1`` this is plain k-means++.
+    """
+    n = X.shape[0]
+    seeds = np.empty(k, dtype=np.int64)
+    seeds[0] = rng.integers(n)
+    taken = np.zeros(n, dtype=bool)
+    taken[seeds[0]] = True
+    nearest = X @ X[seeds[0]]
+    batch = -(-(k - 1) // _SEED_ROUNDS)
+    for start in range(1, k, batch):
+        weight = np.where(taken, 0.0, np.maximum(1.0 - nearest.astype(np.float64), 0.0))
+        fresh = _draw_rows(weight, min(batch, k - start), taken, rng)
+        seeds[start : start + len(fresh)] = fresh
+        taken[fresh] = True
+        nearest = np.maximum(nearest, (X @ X[fresh].T).max(axis=1))
+    return seeds
+
+
+def _draw_rows(
+    weight: np.ndarray, count: int, taken: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
+    """Draw ``count`` distinct rows with probability proportional to ``weight``.
+
+    When fewer rows than ``count`` have a positive weight (duplicated points), all of them
+    are taken and the rest are drawn uniformly from the rows not ``taken`` yet.
+    """
+    positive = np.flatnonzero(weight)
+    if len(positive) >= count:
+        return rng.choice(len(weight), size=count, replace=False, p=weight / weight.sum())
+    rest = np.flatnonzero((weight == 0) & ~taken)
+    return np.r_[positive, rng.choice(rest, size=count - len(positive), replace=False)]
 
 
 def cohesion(X: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -263,7 +325,7 @@ def cohesion(X: np.ndarray, labels: np.ndarray) -> np.ndarray:
     order = np.argsort(labels, kind="stable")
     sorted_labels = labels[order]
     starts = np.flatnonzero(np.r_[True, sorted_labels[1:] != sorted_labels[:-1]])
-    sums = np.add.reduceat(X[order].astype(np.float64), starts, axis=0)
+    sums = np.add.reduceat(X[order], starts, axis=0).astype(np.float64)
     counts = np.diff(np.r_[starts, len(labels)])
     out = np.full(int(labels.max()) + 1, np.nan)
     out[sorted_labels[starts]] = np.linalg.norm(sums, axis=1) / counts
@@ -287,7 +349,10 @@ def cluster_by_group(X: np.ndarray, groups: Sequence[Hashable], **kwargs: Any) -
     offset = 0
     for key in sorted(set(keys.tolist())):
         rows = np.flatnonzero(keys == key)
-        sub = cluster_embeddings(X[rows], **kwargs)
+        try:
+            sub = cluster_embeddings(X[rows], **kwargs)
+        except ValueError as err:
+            raise ValueError(f"group {key!r} ({len(rows)} rows): {err}") from err
         labels[rows] = sub + offset
         offset += int(sub.max()) + 1
     return labels
@@ -328,48 +393,86 @@ def _two_level(
     Coarse cells come from k-means with about ``(n k / 256) ** (1/3)`` centres (balancing
     the cost of the two levels); each cell gets a share of the ``k`` centres proportional to
     its size, fitted on its own points. A point's candidates are its top-``m`` among the
-    centres of the ``_NEIGHBOUR_CELLS`` cells whose centroids are nearest its own cell's.
-    Returns (centres, candidate similarities, candidate ids).
+    centres of its ``_PROBES`` nearest cells (an inverted-file search done as dense
+    products, one cell at a time). Returns (centres, candidate similarities, ids).
     """
     n = X.shape[0]
     n_cells = int(np.clip(round((n * k / 256) ** (1 / 3)), 2, k))
-    coarse = _coarse_cells(X, n_cells, seed)
-    _, cell_of = _exact_candidates(X, coarse, 1)
-    cell_of = cell_of[:, 0]
-    members = _group_rows(cell_of, n_cells)
-    shares = _apportion(k, np.array([len(rows) for rows in members]))
-    centres_per_cell = [
-        spherical_kmeans(X[rows], int(share), seed=seed + cell) if share else X[:0]
-        for cell, (rows, share) in enumerate(zip(members, shares, strict=True))
-    ]
-    centres = np.concatenate(centres_per_cell)
-    first_centre = np.r_[0, np.cumsum(shares)]
-    _, near_cells = _exact_candidates(coarse, coarse, _NEIGHBOUR_CELLS)
-    width = min(m, k)
-    sims = np.empty((n, width), dtype=np.float32)
-    cands = np.empty((n, width), dtype=np.int64)
-    for cell, rows in enumerate(members):
-        if len(rows) == 0:
-            continue
-        pool = np.concatenate(
-            [np.arange(first_centre[c], first_centre[c + 1]) for c in near_cells[cell]]
-        )
-        sims[rows], cands[rows] = _top_in_pool(X[rows], centres, pool, width)
-    return centres, sims, cands
-
-
-def _coarse_cells(X: np.ndarray, n_cells: int, seed: int) -> np.ndarray:
-    """Coarse spherical k-means centroids on a subsample of at most 128 points per cell."""
-    km = faiss.Kmeans(
-        X.shape[1],
-        n_cells,
-        niter=_COARSE_ITERS,
-        seed=int(seed) % 2**31,
-        spherical=True,
-        max_points_per_centroid=128,
+    coarse = spherical_kmeans(
+        X, n_cells, seed=seed, niter=_COARSE_ITERS, max_points_per_centre=_COARSE_SAMPLE
     )
-    km.train(X)
-    return _normalise(km.centroids)
+    _, probes = _exact_candidates(X, coarse, _PROBES)
+    members = _group_rows(probes[:, 0], n_cells)
+    shares = _apportion(k, np.array([len(rows) for rows in members]))
+    centres = _fit_cells(X, members, shares, seed)
+    bounds = np.r_[0, np.cumsum(shares)]
+    return (centres, *_probe_candidates(X, centres, bounds, probes, min(m, k)))
+
+
+def _fit_cells(
+    X: np.ndarray, members: list[np.ndarray], shares: np.ndarray, seed: int
+) -> np.ndarray:
+    """Spherical k-means with ``shares[c]`` centres on the rows of each cell ``c``."""
+
+    def fit(cell: int) -> np.ndarray:
+        rows, share = members[cell], int(shares[cell])
+        return spherical_kmeans(X[rows], share, seed=seed + cell) if share else X[:0]
+
+    return np.concatenate(_map_cells(fit, len(members)))
+
+
+def _probe_candidates(
+    X: np.ndarray, centres: np.ndarray, bounds: np.ndarray, probes: np.ndarray, m: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``m`` centres per point among the cells it probes, most similar first.
+
+    Cell ``c`` owns centres ``bounds[c]:bounds[c + 1]``; ``probes[i]`` lists the cells
+    point ``i`` searches. Each cell is searched once for all points probing it, then the
+    per-probe lists are merged. Rows left short (too few centres probed) repeat their best.
+    """
+    n, n_probes = probes.shape
+    part_sims = np.full((n_probes * n, m), -np.inf, dtype=np.float32)
+    part_ids = np.full((n_probes * n, m), -1, dtype=np.int64)
+    slots_of = _group_rows(probes.T.ravel(), len(bounds) - 1)
+
+    def search(cell: int) -> None:
+        lo, hi, slots = bounds[cell], bounds[cell + 1], slots_of[cell]
+        if hi > lo and len(slots):
+            sims, local = _top_m(X[slots % n] @ centres[lo:hi].T, m)
+            part_sims[slots, : sims.shape[1]] = sims
+            part_ids[slots, : sims.shape[1]] = local + lo
+
+    _map_cells(search, len(slots_of))
+    sims, ids = faiss.merge_knn_results(
+        part_sims.reshape(n_probes, n, m), part_ids.reshape(n_probes, n, m), keep_max=True
+    )
+    return sims, np.where(ids >= 0, ids, ids[:, :1])
+
+
+def _map_cells(work: Callable[[int], T], n_cells: int) -> list[T]:
+    """``[work(c) for c in range(n_cells)]``, in parallel threads.
+
+    Cells are small, so each runs single-threaded (multi-threaded BLAS on small products
+    mostly spins, badly so on a busy machine) and cells run side by side, as faiss and
+    BLAS release the GIL. The result does not depend on the scheduling.
+    """
+
+    def run(cell: int) -> T:
+        faiss.omp_set_num_threads(1)  # this worker thread only
+        return work(cell)
+
+    workers = faiss.omp_get_max_threads()
+    with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(run, range(n_cells)))
+
+
+def _top_m(S: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
+    """Largest ``min(m, S.shape[1])`` entries of each row, descending: (values, columns)."""
+    m = min(m, S.shape[1])
+    part = np.argpartition(S, S.shape[1] - m, axis=1)[:, -m:]
+    top = np.take_along_axis(S, part, axis=1)
+    order = np.argsort(-top, axis=1, kind="stable")
+    return np.take_along_axis(top, order, axis=1), np.take_along_axis(part, order, axis=1)
 
 
 def _group_rows(keys: np.ndarray, n_keys: int) -> list[np.ndarray]:
@@ -392,21 +495,6 @@ def _apportion(total: int, weights: np.ndarray) -> np.ndarray:
     preference = np.argsort((shares - exact) * np.sign(diff), kind="stable")
     _spread(shares, diff, lo, weights, preference)
     return shares
-
-
-def _top_in_pool(
-    Q: np.ndarray, centres: np.ndarray, pool: np.ndarray, m: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Top-``m`` centres of ``pool`` for each row of ``Q``, most similar first."""
-    S = Q @ centres[pool].T
-    if len(pool) < m:
-        # Too few centres nearby: pad with the best one so every row has m entries.
-        S = np.concatenate([S, np.repeat(S[:, :1], m - len(pool), axis=1)], axis=1)
-        pool = np.r_[pool, np.repeat(pool[:1], m - len(pool))]
-    part = np.argpartition(-S, m - 1, axis=1)[:, :m]
-    top = np.take_along_axis(S, part, axis=1)
-    order = np.argsort(-top, axis=1, kind="stable")
-    return np.take_along_axis(top, order, axis=1), pool[np.take_along_axis(part, order, 1)]
 
 
 # ---------------------------------------------------------------------------------------

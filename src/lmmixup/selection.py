@@ -1,0 +1,404 @@
+"""Stage 5: choose the training set under a budget, and the baselines to compare it with.
+
+Records are dicts with at least ``id``, ``prompt``, ``completion``, ``source`` and, once rated,
+``rating`` (``{"score": 0..5, "overall": 1..10, ...}`` or ``None`` when rating failed).
+Embeddings are unit rows aligned with the records.
+
+Every selector returns a :class:`Selection`: the chosen records (shuffled with the seed), one
+"why" row per chosen record, and a summary of what was asked for and what was delivered.
+No selector silently returns fewer rows than its budget: a side that runs short is filled
+from the other sides by their own ranking (the rows are flagged ``filled_shortfall``), and
+if the whole pool is still too small a :class:`ShortfallError` is raised unless the caller
+passes ``allow_short=True`` (then the summary says by how much it is short).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import faiss
+import numpy as np
+
+from lmmixup.errors import LmmixupError
+
+HIGH_SCORE = 4
+"""Compressed scores at or above this are high quality (overall >= 8)."""
+
+Record = dict[str, Any]
+
+
+class ShortfallError(LmmixupError, ValueError):
+    """The candidates cannot fill the budget."""
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Chosen records, why each was chosen, and a summary of the choice."""
+
+    records: list[Record]
+    why: list[dict[str, Any]]
+    summary: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class _Side:
+    """One source of candidates: its records, best first, and how many are wanted."""
+
+    origin: str
+    records: Sequence[Record]
+    order: np.ndarray  # indices into records, best first
+    requested: int
+    long_tail: np.ndarray | None = None  # per record, reported in the why rows
+
+
+# ---------------------------------------------------------------------------------------
+# scores and ranking
+
+
+def long_tail_scores(X: np.ndarray, k: int = 15) -> np.ndarray:
+    """Mean cosine distance (``1 - cos``) from each row to its ``k`` nearest other rows.
+
+    The row itself is excluded (even when it has exact duplicates, one of which may be
+    found first); ``k`` is lowered to ``n - 1`` for small inputs and a single row scores 0.
+    Exact search (faiss ``IndexFlatIP``, which works through the rows in blocks), so memory
+    stays ``O(n k)``. Rows are expected to be unit vectors.
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    X = np.ascontiguousarray(X, dtype=np.float32)
+    if X.ndim != 2:
+        raise ValueError(f"expected a 2-D array, got shape {X.shape}")
+    n = X.shape[0]
+    k = min(k, n - 1)
+    if k < 1:
+        return np.zeros(n)
+    index = faiss.IndexFlatIP(X.shape[1])
+    index.add(X)
+    sims, ids = index.search(X, k + 1)
+    is_self = ids == np.arange(n)[:, None]
+    # Rows whose own entry was crowded out by duplicates drop their last neighbour instead.
+    is_self[~is_self.any(axis=1), -1] = True
+    others = sims[~is_self].reshape(n, k).astype(np.float64)
+    return 1.0 - others.mean(axis=1)
+
+
+def minmax(x: np.ndarray) -> np.ndarray:
+    """Scale values to ``[0, 1]``; a constant (or empty) array gives zeros."""
+    x = np.asarray(x, dtype=np.float64)
+    if x.size == 0:
+        return x.copy()
+    low, span = x.min(), x.max() - x.min()
+    return (x - low) / span if span > 0 else np.zeros_like(x)
+
+
+def record_score(record: Record) -> int | None:
+    """The compressed 0..5 score of a rated record; ``None`` when it has no rating."""
+    rating = record.get("rating")
+    return None if rating is None else int(rating["score"])
+
+
+def rank_records(records: Sequence[Record], long_tail: np.ndarray) -> np.ndarray:
+    """Indices of ``records`` ordered by (score desc, long-tail desc, id asc).
+
+    Unrated records (``rating`` is ``None``) come after every rated one.
+    """
+    long_tail = _aligned(long_tail, records, "long_tail")
+
+    def key(i: int) -> tuple:
+        score = record_score(records[i])
+        unrated = score is None
+        return (unrated, 0 if unrated else -score, -long_tail[i], str(records[i]["id"]))
+
+    return np.array(sorted(range(len(records)), key=key), dtype=np.int64)
+
+
+def rank_by_long_tail(records: Sequence[Record], long_tail: np.ndarray) -> np.ndarray:
+    """Indices of ``records`` ordered by (long-tail desc, id asc)."""
+    long_tail = _aligned(long_tail, records, "long_tail")
+    return np.array(
+        sorted(range(len(records)), key=lambda i: (-long_tail[i], str(records[i]["id"]))),
+        dtype=np.int64,
+    )
+
+
+def parse_ratio(value: float | str) -> float:
+    """A fraction in ``[0, 1]`` from ``0.3``, ``"0.3"`` or ``"3:7"`` (first part : second)."""
+    if isinstance(value, str) and ":" in value:
+        first, _, second = value.partition(":")
+        a, b = float(first), float(second)
+        if a < 0 or b < 0 or a + b <= 0:
+            raise ValueError(f"bad ratio {value!r}: expected two non-negative parts, e.g. 3:7")
+        return a / (a + b)
+    fraction = float(value)
+    if not 0 <= fraction <= 1:
+        raise ValueError(f"ratio {value!r} must be in [0, 1] or written as a:b")
+    return fraction
+
+
+def _split_count(budget: int, fraction: float) -> int:
+    """``round(budget * fraction)``, halves rounded up."""
+    return math.floor(budget * fraction + 0.5)
+
+
+# ---------------------------------------------------------------------------------------
+# the method's selection
+
+
+def mix_budget(
+    original: Sequence[Record],
+    mixup: Sequence[Record],
+    *,
+    budget: int,
+    mixup_ratio: float | str,
+    seed: int = 42,
+    original_long_tail: np.ndarray,
+    mixup_long_tail: np.ndarray,
+    allow_short: bool = False,
+) -> Selection:
+    """The method's training set: distilled and original records at a fixed ratio.
+
+    ``mixup_ratio`` is the distilled share of the budget (``0.3`` or ``"3:7"``); the
+    distilled count is ``round(budget * ratio)``. Distilled records are taken by long-tail
+    (desc), originals by :func:`rank_records`. Long-tail arrays are aligned with their
+    records, normally ``minmax(long_tail_scores(X))`` of each set's own embeddings.
+    """
+    fraction = parse_ratio(mixup_ratio)
+    n_mix = _split_count(budget, fraction)
+    mixup_lt = _aligned(mixup_long_tail, mixup, "mixup_long_tail")
+    original_lt = _aligned(original_long_tail, original, "original_long_tail")
+    sides = [
+        _Side("distilled", mixup, rank_by_long_tail(mixup, mixup_lt), n_mix, mixup_lt),
+        _Side(
+            "original",
+            original,
+            rank_records(original, original_lt),
+            budget - n_mix,
+            original_lt,
+        ),
+    ]
+    return _select(sides, "mix_budget", budget, seed, allow_short, mixup_ratio=fraction)
+
+
+# ---------------------------------------------------------------------------------------
+# baselines
+
+
+def random_subset(
+    pool: Sequence[Record], *, budget: int, seed: int = 42, allow_short: bool = False
+) -> Selection:
+    """A uniform random sample of the pool."""
+    side = _Side("pool", pool, _sample_rng(seed).permutation(len(pool)), budget)
+    return _select([side], "random", budget, seed, allow_short)
+
+
+def full_pool(pool: Sequence[Record], *, seed: int = 42) -> Selection:
+    """The whole pool (no budget), shuffled."""
+    side = _Side("pool", pool, np.arange(len(pool)), len(pool))
+    return _select([side], "full", len(pool), seed, allow_short=False)
+
+
+def high_only(
+    pool: Sequence[Record], *, budget: int, seed: int = 42, allow_short: bool = False
+) -> Selection:
+    """A random sample of the high-quality records (score >= 4); unrated ones excluded."""
+    return high_low_mix(pool, budget=budget, high_ratio=1.0, seed=seed, allow_short=allow_short)
+
+
+def low_only(
+    pool: Sequence[Record], *, budget: int, seed: int = 42, allow_short: bool = False
+) -> Selection:
+    """A random sample of the low-quality records (score < 4); unrated ones excluded."""
+    return high_low_mix(pool, budget=budget, high_ratio=0.0, seed=seed, allow_short=allow_short)
+
+
+def high_low_mix(
+    pool: Sequence[Record],
+    *,
+    budget: int,
+    high_ratio: float | str,
+    seed: int = 42,
+    allow_short: bool = False,
+) -> Selection:
+    """Random high- and low-quality records at a ratio (``0.7`` or ``"7:3"`` = high:low).
+
+    Each band (score >= 4, score < 4) is sampled at random; a band that runs short is
+    filled from the other one. The pure ends (ratio 1: high-only, ratio 0: low-only) use
+    one band and never borrow from the other. Unrated records are excluded.
+    """
+    fraction = parse_ratio(high_ratio)
+    n_high = _split_count(budget, fraction)
+    scores = [record_score(r) for r in pool]
+    bands = {
+        "high": [i for i, s in enumerate(scores) if s is not None and s >= HIGH_SCORE],
+        "low": [i for i, s in enumerate(scores) if s is not None and s < HIGH_SCORE],
+    }
+    wanted = {"high": n_high, "low": budget - n_high}
+    rng = _sample_rng(seed)
+    sides = [
+        _Side(band, pool, rng.permutation(bands[band]).astype(np.int64), wanted[band])
+        for band in ("high", "low")
+        if 0 < fraction < 1 or (band == "high") == (fraction == 1)
+    ]
+    method = {1.0: "high_only", 0.0: "low_only"}.get(fraction, "high_low_mix")
+    return _select(
+        sides,
+        method,
+        budget,
+        seed,
+        allow_short,
+        high_ratio=fraction,
+        unrated_excluded=scores.count(None),
+    )
+
+
+def label_filtered(
+    pool: Sequence[Record],
+    *,
+    budget: int,
+    min_overall: int = 9,
+    seed: int = 42,
+    allow_short: bool = False,
+) -> Selection:
+    """AlpaGasus-like: a random sample of the records rated ``overall >= min_overall``.
+
+    When too few pass, the next rating tiers (overall ``min_overall - 1``, then lower) fill
+    the rest, highest tier first and at random within a tier; those rows are flagged
+    ``filled_shortfall``. Unrated records are excluded.
+    """
+    rated = np.array([i for i, r in enumerate(pool) if r.get("rating") is not None], dtype=np.int64)
+    overall = np.array([int(pool[i]["rating"]["overall"]) for i in rated], dtype=np.int64)
+    tiebreak = _sample_rng(seed).random(len(rated))
+    by_tier = np.lexsort((tiebreak, -overall))
+    passing = overall[by_tier] >= min_overall
+    sides = [
+        _Side("passed_filter", pool, rated[by_tier[passing]], budget),
+        _Side("below_filter", pool, rated[by_tier[~passing]], 0),
+    ]
+    return _select(
+        sides,
+        "label_filtered",
+        budget,
+        seed,
+        allow_short,
+        min_overall=min_overall,
+        unrated_excluded=len(pool) - len(rated),
+    )
+
+
+def ds2_like(
+    pool: Sequence[Record],
+    *,
+    budget: int,
+    long_tail: np.ndarray,
+    seed: int = 42,
+    allow_short: bool = False,
+) -> Selection:
+    """DS2-like: the top of the pool by (curated score desc, long-tail desc, id)."""
+    long_tail = _aligned(long_tail, pool, "long_tail")
+    side = _Side("pool", pool, rank_records(pool, long_tail), budget, long_tail)
+    return _select([side], "ds2_like", budget, seed, allow_short)
+
+
+# ---------------------------------------------------------------------------------------
+# the shared selection helper
+
+
+def _select(
+    sides: list[_Side],
+    method: str,
+    budget: int,
+    seed: int,
+    allow_short: bool,
+    **settings: Any,
+) -> Selection:
+    """Take each side's top ``requested`` rows, fill shortfalls from the other sides, shuffle.
+
+    A side's shortfall is filled from the next rows of the other sides, in the order the
+    sides are listed. Raises :class:`ShortfallError` when the sides together cannot reach
+    the requested total, unless ``allow_short``.
+    """
+    if budget < 0:
+        raise ValueError(f"budget must be >= 0, got {budget}")
+    own = [min(side.requested, len(side.order)) for side in sides]
+    missing = sum(side.requested for side in sides) - sum(own)
+    extra = []
+    for side, taken in zip(sides, own, strict=True):
+        extra.append(min(missing, len(side.order) - taken))
+        missing -= extra[-1]
+    if missing and not allow_short:
+        available = ", ".join(f"{side.origin} {len(side.order)}" for side in sides)
+        raise ShortfallError(
+            f"{method}: {budget} rows requested but only {budget - missing} available "
+            f"({available}); pass allow_short=True to accept fewer"
+        )
+    picks = [
+        (side, position, position >= taken)
+        for side, taken, more in zip(sides, own, extra, strict=True)
+        for position in range(taken + more)
+    ]
+    shuffle = np.random.default_rng(seed).permutation(len(picks))
+    picks = [picks[i] for i in shuffle]
+    summary = {
+        "method": method,
+        "budget": budget,
+        "seed": seed,
+        **settings,
+        "requested": {side.origin: side.requested for side in sides},
+        "available": {side.origin: len(side.order) for side in sides},
+        "selected": {side.origin: t + e for side, t, e in zip(sides, own, extra, strict=True)},
+        "filled_shortfall": {side.origin: e for side, e in zip(sides, extra, strict=True)},
+        "short_by": missing,
+        "notes": _notes(sides, own, extra, missing),
+    }
+    return Selection(
+        records=[side.records[side.order[position]] for side, position, _ in picks],
+        why=[_why(side, position, filled) for side, position, filled in picks],
+        summary=summary,
+    )
+
+
+def _why(side: _Side, position: int, filled: bool) -> dict[str, Any]:
+    """The reason row for the record at ``position`` of a side's ranking."""
+    index = side.order[position]
+    record = side.records[index]
+    return {
+        "id": record["id"],
+        "origin": side.origin,
+        "rank": position + 1,
+        "score": record_score(record),
+        "long_tail": None if side.long_tail is None else float(side.long_tail[index]),
+        "filled_shortfall": filled,
+    }
+
+
+def _notes(sides: list[_Side], own: list[int], extra: list[int], missing: int) -> list[str]:
+    """Plain-language notes on every shortfall and how it was covered."""
+    notes = [
+        f"{side.origin}: {side.requested} requested, only {len(side.order)} available"
+        for side, taken in zip(sides, own, strict=True)
+        if taken < side.requested
+    ]
+    notes += [
+        f"{more} extra rows taken from {side.origin} to cover the shortfall"
+        for side, more in zip(sides, extra, strict=True)
+        if more
+    ]
+    if missing:
+        notes.append(f"short by {missing} rows (allow_short)")
+    return notes
+
+
+def _aligned(values: np.ndarray, records: Sequence[Record], name: str) -> np.ndarray:
+    """``values`` as float64, checked to have one entry per record."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.shape != (len(records),):
+        raise ValueError(f"{name} has shape {values.shape}, expected ({len(records)},)")
+    return values
+
+
+def _sample_rng(seed: int) -> np.random.Generator:
+    """The generator for sampling, kept apart from the one that shuffles the result."""
+    return np.random.default_rng([seed, 1])

@@ -1,0 +1,295 @@
+"""Tests for stage 3: drawn cluster sizes and capacity-constrained clustering."""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lmmixup import clustering
+from lmmixup.clustering import (
+    assign_to_centres,
+    cluster_by_group,
+    cluster_embeddings,
+    cohesion,
+    draw_cluster_sizes,
+    spherical_kmeans,
+)
+
+BENCH = Path(__file__).resolve().parent.parent / "bench" / "bench_clustering.py"
+
+
+@functools.cache
+def _bench():
+    """The bench module, which holds the dense reference implementation."""
+    spec = importlib.util.spec_from_file_location("bench_clustering", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _unit(n: int, d: int, seed: int = 0) -> np.ndarray:
+    X = np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)
+    return X / np.linalg.norm(X, axis=1, keepdims=True)
+
+
+def _blobs(n_blobs: int, per_blob: int, d: int, noise: float, seed: int = 0):
+    """Unit vectors in tight groups around random directions, with their group ids."""
+    rng = np.random.default_rng(seed)
+    means = rng.standard_normal((n_blobs, d))
+    truth = np.repeat(np.arange(n_blobs), per_blob)
+    X = means[truth] + noise * rng.standard_normal((len(truth), d))
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    return X.astype(np.float32), truth
+
+
+def _reachable(n: int, lo: int, hi: int) -> bool:
+    """Whether some number of clusters with sizes in [lo, hi] sums to n."""
+    return any(k * lo <= n <= k * hi for k in range(1, n // lo + 1))
+
+
+def _assert_partition(labels: np.ndarray, sizes: np.ndarray) -> None:
+    assert labels.dtype.kind == "i"
+    assert labels.min() >= 0 and labels.max() < len(sizes)
+    assert np.array_equal(np.bincount(labels, minlength=len(sizes)), sizes)
+
+
+# ---------------------------------------------------------------------------------------
+# draw_cluster_sizes
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    n=st.integers(0, 3000),
+    lo=st.integers(1, 6),
+    width=st.integers(0, 30),
+    mean=st.floats(-5, 40),
+    std=st.floats(0, 15),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_sizes_sum_exactly_and_stay_in_bounds(n, lo, width, mean, std, seed):
+    hi = lo + width
+    kw = {"min_size": lo, "max_size": hi, "mean_size": mean, "std_size": std, "seed": seed}
+    if 0 < n < lo:
+        assert draw_cluster_sizes(n, **kw).tolist() == [n]
+    elif n and not _reachable(n, lo, hi):
+        with pytest.raises(ValueError, match="cannot be split"):
+            draw_cluster_sizes(n, **kw)
+    else:
+        sizes = draw_cluster_sizes(n, **kw)
+        assert int(sizes.sum()) == n
+        assert sizes.size == 0 or (sizes.min() >= lo and sizes.max() <= hi)
+
+
+def test_sizes_follow_the_normal_distribution():
+    sizes = draw_cluster_sizes(200_000, mean_size=10, std_size=3, seed=1)
+    assert abs(sizes.mean() - 10) < 0.1
+    assert abs(sizes.std() - 3) < 0.1
+
+
+def test_sizes_are_deterministic_per_seed():
+    a = draw_cluster_sizes(5000, seed=7)
+    assert np.array_equal(a, draw_cluster_sizes(5000, seed=7))
+    assert not np.array_equal(a, draw_cluster_sizes(5000, seed=8))
+
+
+@pytest.mark.parametrize(
+    ("n", "kw", "expected"),
+    [
+        (0, {}, []),
+        (1, {}, [1]),  # fewer samples than min_size: one undersized cluster, nothing lost
+        (2, {}, [2]),
+        (3, {}, [3]),
+        (4, {"min_size": 5, "max_size": 9}, [4]),
+    ],
+)
+def test_sizes_small_n(n, kw, expected):
+    assert draw_cluster_sizes(n, **kw).tolist() == expected
+
+
+def test_sizes_with_zero_std_are_all_the_mean_but_the_adjusted_one():
+    sizes = draw_cluster_sizes(1003, mean_size=5, std_size=0, min_size=2, max_size=25)
+    assert sizes.sum() == 1003
+    assert np.count_nonzero(sizes != 5) <= 3
+
+
+def test_sizes_unreachable_n_raises():
+    with pytest.raises(ValueError, match="cannot be split"):
+        draw_cluster_sizes(6, min_size=4, max_size=5)
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [{"min_size": 0}, {"min_size": 5, "max_size": 4}, {"std_size": -1.0}, {"std_size": np.nan}],
+)
+def test_sizes_reject_bad_parameters(kw):
+    with pytest.raises(ValueError):
+        draw_cluster_sizes(10, **kw)
+
+
+def test_sizes_reject_negative_n():
+    with pytest.raises(ValueError):
+        draw_cluster_sizes(-1)
+
+
+# ---------------------------------------------------------------------------------------
+# cluster_embeddings
+
+
+SIZE_KW = {"min_size": 2, "max_size": 9, "mean_size": 5.0, "std_size": 2.0}
+
+
+def test_random_data_partition_matches_drawn_sizes():
+    X = _unit(600, 24)
+    labels = cluster_embeddings(X, seed=3, **SIZE_KW)
+    _assert_partition(labels, draw_cluster_sizes(600, seed=3, **SIZE_KW))
+
+
+def test_clustering_is_deterministic_and_seed_dependent():
+    X = _unit(400, 16, seed=1)
+    a = cluster_embeddings(X, seed=0, **SIZE_KW)
+    assert np.array_equal(a, cluster_embeddings(X, seed=0, **SIZE_KW))
+    assert not np.array_equal(a, cluster_embeddings(X, seed=1, **SIZE_KW))
+
+
+def test_clustered_data_is_recovered():
+    X, truth = _blobs(n_blobs=30, per_blob=6, d=32, noise=0.05)
+    labels = cluster_embeddings(X, sizes=[6] * 30, seed=0)
+    _assert_partition(labels, np.full(30, 6))
+    # Purity: the share of points whose cluster's majority blob is their own blob.
+    majority = {c: np.bincount(truth[labels == c]).argmax() for c in range(30)}
+    purity = np.mean([majority[c] == t for c, t in zip(labels, truth, strict=True)])
+    assert purity >= 0.9
+    assert np.mean(cohesion(X, labels)) > 0.9
+
+
+def test_given_sizes_are_used_and_checked():
+    X = _unit(50, 8)
+    sizes = [10, 3, 7, 30]
+    _assert_partition(cluster_embeddings(X, sizes=sizes), np.array(sizes))
+    with pytest.raises(ValueError, match="sum"):
+        cluster_embeddings(X, sizes=[10, 10])
+    with pytest.raises(ValueError, match=">= 1"):
+        cluster_embeddings(X, sizes=[0, 50])
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 3])
+def test_tiny_inputs_keep_every_point(n):
+    labels = cluster_embeddings(_unit(3, 8)[:n])
+    assert labels.tolist() == [0] * n  # under the default sizes, n <= 3 is one cluster
+
+
+def test_one_point_per_cluster():
+    X = _unit(30, 8)
+    labels = cluster_embeddings(X, min_size=1, max_size=1, mean_size=1)
+    assert sorted(labels.tolist()) == list(range(30))
+
+
+def test_rejects_non_matrix_input():
+    with pytest.raises(ValueError, match="2-D"):
+        cluster_embeddings(np.zeros(5, dtype=np.float32))
+
+
+def test_two_level_path_keeps_the_constraints_and_quality(monkeypatch):
+    X, _ = _blobs(n_blobs=100, per_blob=30, d=32, noise=0.6, seed=2)
+    kw = {"min_size": 2, "max_size": 5, "mean_size": 3.0, "std_size": 1.0, "seed": 0}
+    sizes = draw_cluster_sizes(len(X), **kw)
+    flat = cluster_embeddings(X, **kw)
+    monkeypatch.setattr(clustering, "_FLAT_LIMIT", 0)
+    two_level = cluster_embeddings(X, **kw)
+    _assert_partition(two_level, sizes)
+    assert np.array_equal(two_level, cluster_embeddings(X, **kw))
+    assert np.mean(cohesion(X, two_level)) >= 0.95 * np.mean(cohesion(X, flat))
+
+
+# ---------------------------------------------------------------------------------------
+# assignment equals the dense reference
+
+
+@pytest.fixture
+def fallback_calls(monkeypatch):
+    """Count the rows sent to the fallback search over open centres."""
+    calls = []
+    search = clustering._OpenCentres.search
+
+    def spy(self, Q, room):
+        calls.append(len(Q))
+        return search(self, Q, room)
+
+    monkeypatch.setattr(clustering._OpenCentres, "search", spy)
+    return calls
+
+
+@pytest.mark.parametrize("n_candidates", [1, 2, 5, 32])
+def test_assignment_equals_dense_reference(n_candidates, fallback_calls):
+    rng = np.random.default_rng(4)
+    X = _unit(500, 12, seed=4)
+    sizes = draw_cluster_sizes(500, min_size=1, max_size=12, mean_size=5, std_size=3, seed=4)
+    centres = spherical_kmeans(X, len(sizes), seed=4)
+    centres = centres[rng.permutation(len(centres))]  # decouple capacity from k-means order
+    labels = assign_to_centres(X, centres, sizes, n_candidates=n_candidates)
+    _assert_partition(labels, sizes)
+    assert np.array_equal(labels, _bench().dense_greedy_reference(X, centres, sizes))
+    if n_candidates <= 2:
+        assert sum(fallback_calls) > 20  # the fallback path really ran
+
+
+def test_assignment_checks_its_inputs():
+    X = _unit(10, 4)
+    with pytest.raises(ValueError, match="sizes for"):
+        assign_to_centres(X, X[:3], [5, 5])
+    with pytest.raises(ValueError, match="n_candidates"):
+        assign_to_centres(X, X[:2], [5, 5], n_candidates=0)
+
+
+# ---------------------------------------------------------------------------------------
+# cohesion and per-group clustering
+
+
+def test_cohesion_matches_brute_force():
+    X = _unit(60, 10, seed=5)
+    labels = np.random.default_rng(5).integers(0, 8, 60)
+    labels[labels == 3] = 4  # label 3 unused
+    expected = []
+    for c in range(8):
+        members = X[labels == c]
+        if len(members) == 0:
+            expected.append(np.nan)
+            continue
+        centre = members.sum(axis=0) / np.linalg.norm(members.sum(axis=0))
+        expected.append(float(np.mean(members @ centre)))
+    np.testing.assert_allclose(cohesion(X, labels), expected, rtol=1e-5)
+
+
+def test_cluster_by_group_keeps_groups_apart():
+    X = _unit(120, 8, seed=6)
+    groups = np.array(["dolly"] * 70 + ["alpaca"] * 49 + ["lima"])
+    labels = cluster_by_group(X, groups.tolist(), seed=0, **SIZE_KW)
+    assert labels.shape == (120,)
+    assert sorted(set(labels.tolist())) == list(range(labels.max() + 1))
+    for c in range(labels.max() + 1):
+        assert len(set(groups[labels == c])) == 1
+    for name in ("dolly", "alpaca"):
+        rows = groups == name
+        _assert_partition(
+            np.unique(labels[rows], return_inverse=True)[1],
+            draw_cluster_sizes(int(rows.sum()), seed=0, **SIZE_KW),
+        )
+    assert np.count_nonzero(labels == labels[-1]) == 1  # the lone "lima" sample
+
+
+def test_cluster_by_group_rejects_sizes():
+    with pytest.raises(TypeError):
+        cluster_by_group(_unit(4, 2), ["a"] * 4, sizes=[4])
+
+
+def test_cluster_by_group_names_the_group_it_cannot_split():
+    with pytest.raises(ValueError, match="'b'"):
+        cluster_by_group(_unit(16, 4), ["a"] * 10 + ["b"] * 6, min_size=4, max_size=5)

@@ -1,0 +1,286 @@
+"""Tests for stage 5: long-tail scores, ranking, the budget mix and the baselines."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lmmixup.selection import (
+    HIGH_SCORE,
+    ShortfallError,
+    ds2_like,
+    full_pool,
+    high_low_mix,
+    high_only,
+    label_filtered,
+    long_tail_scores,
+    low_only,
+    minmax,
+    mix_budget,
+    parse_ratio,
+    random_subset,
+    rank_records,
+    record_score,
+)
+
+
+def _unit(n: int, d: int, seed: int = 0) -> np.ndarray:
+    X = np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)
+    return X / np.linalg.norm(X, axis=1, keepdims=True)
+
+
+def _brute_long_tail(X: np.ndarray, k: int) -> np.ndarray:
+    """Mean 1 - cos to the k most similar other rows, from the full matrix."""
+    S = X.astype(np.float64) @ X.T.astype(np.float64)
+    np.fill_diagonal(S, -np.inf)
+    top = -np.sort(-S, axis=1)[:, :k]
+    return (1 - top).mean(axis=1)
+
+
+def _pool(n: int, seed: int = 0, prefix: str = "r", unrated: float = 0.0) -> list[dict]:
+    """Records with random ratings (overall 1..10, score from the spec's compression)."""
+    rng = np.random.default_rng(seed)
+    records = []
+    for i in range(n):
+        overall = int(rng.integers(1, 11))
+        rating = {"overall": overall, "score": min(9, max(4, overall)) - 4}
+        records.append(
+            {
+                "id": f"{prefix}{i:05d}",
+                "prompt": f"q{i}",
+                "completion": f"a{i}",
+                "source": "test",
+                "rating": None if rng.random() < unrated else rating,
+            }
+        )
+    return records
+
+
+def _ids(records) -> set[str]:
+    return {r["id"] for r in records}
+
+
+# ---------------------------------------------------------------------------------------
+# long-tail scores
+
+
+def test_long_tail_matches_brute_force():
+    X = _unit(300, 16)
+    np.testing.assert_allclose(long_tail_scores(X, k=15), _brute_long_tail(X, 15), atol=1e-5)
+
+
+def test_long_tail_with_k_above_n_minus_one():
+    X = _unit(6, 8, seed=1)
+    np.testing.assert_allclose(long_tail_scores(X, k=15), _brute_long_tail(X, 5), atol=1e-5)
+
+
+def test_long_tail_excludes_itself_among_duplicates():
+    X = _unit(40, 8, seed=2)
+    X[10:14] = X[3]  # five copies of one row
+    np.testing.assert_allclose(long_tail_scores(X, k=3), _brute_long_tail(X, 3), atol=1e-5)
+    assert long_tail_scores(X, k=3)[3] == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("n", [0, 1])
+def test_long_tail_of_tiny_sets_is_zero(n):
+    assert long_tail_scores(_unit(1, 4)[:n]).tolist() == [0.0] * n
+
+
+def test_long_tail_rejects_bad_k():
+    with pytest.raises(ValueError):
+        long_tail_scores(_unit(5, 4), k=0)
+
+
+def test_minmax():
+    np.testing.assert_allclose(minmax(np.array([2.0, 4.0, 3.0])), [0.0, 1.0, 0.5])
+    assert minmax(np.full(4, 7.0)).tolist() == [0.0] * 4
+    assert minmax(np.array([])).size == 0
+
+
+# ---------------------------------------------------------------------------------------
+# ranking and ratios
+
+
+def test_rank_records_orders_by_score_then_long_tail_then_id():
+    records = _pool(400, seed=3, unrated=0.1)
+    long_tail = np.round(np.random.default_rng(3).random(400), 1)  # many ties
+    ranked = [records[i] for i in rank_records(records, long_tail)]
+    assert _ids(ranked) == _ids(records)
+    keys = [
+        (record_score(r) is None, -(record_score(r) or 0), -long_tail[int(r["id"][1:])], r["id"])
+        for r in ranked
+    ]
+    assert all(a < b for a, b in zip(keys, keys[1:], strict=False))
+    assert all(record_score(r) is None for r in ranked[-10:])
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"), [("3:7", 0.3), ("5:5", 0.5), ("7:3", 0.7), (0.3, 0.3), ("0.7", 0.7)]
+)
+def test_parse_ratio(value, expected):
+    assert parse_ratio(value) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("value", ["1.5", -0.1, "0:0", "-1:2", "a:b"])
+def test_parse_ratio_rejects_bad_values(value):
+    with pytest.raises(ValueError):
+        parse_ratio(value)
+
+
+# ---------------------------------------------------------------------------------------
+# mix_budget
+
+
+def _mix(original, mixup, **kw):
+    kw.setdefault("original_long_tail", np.random.default_rng(10).random(len(original)))
+    kw.setdefault("mixup_long_tail", np.random.default_rng(11).random(len(mixup)))
+    return mix_budget(original, mixup, **kw)
+
+
+@pytest.mark.parametrize(("ratio", "n_mix"), [(0.3, 30), ("5:5", 50), ("7:3", 70)])
+def test_mix_budget_exact_budget_and_ratio(ratio, n_mix):
+    original, mixup = _pool(300, seed=4), _pool(150, seed=5, prefix="d")
+    original_lt = np.random.default_rng(6).random(300)
+    mixup_lt = np.random.default_rng(7).random(150)
+    result = mix_budget(
+        original,
+        mixup,
+        budget=100,
+        mixup_ratio=ratio,
+        original_long_tail=original_lt,
+        mixup_long_tail=mixup_lt,
+    )
+    assert len(result.records) == 100
+    distilled = [r for r in result.records if r["id"].startswith("d")]
+    assert len(distilled) == n_mix
+    assert _ids(distilled) == {mixup[i]["id"] for i in np.argsort(-mixup_lt)[:n_mix]}
+    top_original = rank_records(original, original_lt)[: 100 - n_mix]
+    assert _ids(result.records) - _ids(distilled) == {original[i]["id"] for i in top_original}
+    assert [w["id"] for w in result.why] == [r["id"] for r in result.records]
+    assert not any(w["filled_shortfall"] for w in result.why)
+    assert result.summary["selected"] == {"distilled": n_mix, "original": 100 - n_mix}
+    assert result.summary["short_by"] == 0
+
+
+def test_mix_budget_is_seeded():
+    original, mixup = _pool(80, seed=1), _pool(40, seed=2, prefix="d")
+    first = _mix(original, mixup, budget=50, mixup_ratio=0.5, seed=42)
+    again = _mix(original, mixup, budget=50, mixup_ratio=0.5, seed=42)
+    other = _mix(original, mixup, budget=50, mixup_ratio=0.5, seed=7)
+    assert [r["id"] for r in first.records] == [r["id"] for r in again.records]
+    assert [r["id"] for r in first.records] != [r["id"] for r in other.records]
+    assert _ids(first.records) == _ids(other.records)
+
+
+def test_mix_budget_fills_a_distilled_shortfall_from_originals():
+    original, mixup = _pool(100, seed=1), _pool(5, seed=2, prefix="d")
+    original_lt = np.random.default_rng(3).random(100)
+    result = _mix(original, mixup, budget=50, mixup_ratio=0.3, original_long_tail=original_lt)
+    assert len(result.records) == 50
+    assert result.summary["requested"] == {"distilled": 15, "original": 35}
+    assert result.summary["selected"] == {"distilled": 5, "original": 45}
+    assert result.summary["filled_shortfall"] == {"distilled": 0, "original": 10}
+    filled = {w["id"] for w in result.why if w["filled_shortfall"]}
+    ranked = rank_records(original, original_lt)
+    assert filled == {original[i]["id"] for i in ranked[35:45]}
+    assert any("distilled" in note for note in result.summary["notes"])
+
+
+def test_mix_budget_fills_an_original_shortfall_from_distilled():
+    original, mixup = _pool(10, seed=1), _pool(100, seed=2, prefix="d")
+    result = _mix(original, mixup, budget=40, mixup_ratio="3:7")
+    assert result.summary["selected"] == {"distilled": 30, "original": 10}
+    assert sum(w["filled_shortfall"] for w in result.why) == 18
+
+
+def test_mix_budget_refuses_to_return_short():
+    original, mixup = _pool(10, seed=1), _pool(5, seed=2, prefix="d")
+    with pytest.raises(ShortfallError, match="allow_short"):
+        _mix(original, mixup, budget=40, mixup_ratio=0.5)
+    result = _mix(original, mixup, budget=40, mixup_ratio=0.5, allow_short=True)
+    assert len(result.records) == 15
+    assert result.summary["short_by"] == 25
+
+
+def test_mix_budget_checks_long_tail_alignment():
+    with pytest.raises(ValueError, match="mixup_long_tail"):
+        _mix(_pool(5), _pool(5, prefix="d"), budget=4, mixup_ratio=0.5, mixup_long_tail=[0.1])
+
+
+# ---------------------------------------------------------------------------------------
+# baselines
+
+
+def _high(records) -> list[dict]:
+    return [r for r in records if r["rating"] and r["rating"]["score"] >= HIGH_SCORE]
+
+
+def _low(records) -> list[dict]:
+    return [r for r in records if r["rating"] and r["rating"]["score"] < HIGH_SCORE]
+
+
+@pytest.mark.parametrize(
+    "select",
+    [
+        lambda p, b: random_subset(p, budget=b),
+        lambda p, b: high_only(p, budget=b),
+        lambda p, b: low_only(p, budget=b),
+        lambda p, b: high_low_mix(p, budget=b, high_ratio="7:3"),
+        lambda p, b: label_filtered(p, budget=b),
+        lambda p, b: ds2_like(p, budget=b, long_tail=np.linspace(0, 1, len(p))),
+    ],
+)
+def test_baselines_return_exactly_the_budget(select):
+    pool = _pool(1000, seed=8, unrated=0.05)
+    result = select(pool, 120)
+    assert len(result.records) == len(_ids(result.records)) == 120
+    assert [w["id"] for w in result.why] == [r["id"] for r in result.records]
+    assert _ids(result.records) <= _ids(pool)
+
+
+def test_full_pool_ignores_the_budget():
+    pool = _pool(77, seed=9)
+    assert _ids(full_pool(pool).records) == _ids(pool)
+
+
+def test_quality_bands():
+    pool = _pool(600, seed=10, unrated=0.1)
+    assert _ids(high_only(pool, budget=50).records) <= _ids(_high(pool))
+    assert _ids(low_only(pool, budget=50).records) <= _ids(_low(pool))
+    mixed = high_low_mix(pool, budget=100, high_ratio=0.7)
+    assert len(_high(mixed.records)) == 70 and len(_low(mixed.records)) == 30
+
+
+def test_high_only_never_borrows_low_records():
+    pool = _pool(200, seed=11)
+    with pytest.raises(ShortfallError):
+        high_only(pool, budget=len(_high(pool)) + 1)
+
+
+def test_high_low_mix_fills_a_short_band():
+    pool = _pool(300, seed=12)
+    n_high = len(_high(pool))
+    result = high_low_mix(pool, budget=n_high + 20, high_ratio=0.9)
+    assert len(result.records) == n_high + 20
+    assert len(_high(result.records)) == n_high
+    assert result.summary["filled_shortfall"]["low"] > 0
+
+
+def test_label_filtered_prefers_the_highest_tiers():
+    pool = _pool(500, seed=13)
+    passing = [r for r in pool if r["rating"]["overall"] >= 9]
+    small = label_filtered(pool, budget=len(passing) // 2)
+    assert all(r["rating"]["overall"] >= 9 for r in small.records)
+    large = label_filtered(pool, budget=len(passing) + 30)
+    assert _ids(passing) <= _ids(large.records)
+    lowest_taken = min(r["rating"]["overall"] for r in large.records)
+    left_out = [r for r in pool if r["id"] not in _ids(large.records)]
+    assert lowest_taken >= max(r["rating"]["overall"] for r in left_out)
+    assert sum(w["filled_shortfall"] for w in large.why) == 30
+
+
+def test_ds2_like_takes_the_top_of_the_ranking():
+    pool = _pool(300, seed=14)
+    long_tail = np.random.default_rng(14).random(300)
+    result = ds2_like(pool, budget=40, long_tail=long_tail)
+    assert _ids(result.records) == {pool[i]["id"] for i in rank_records(pool, long_tail)[:40]}
