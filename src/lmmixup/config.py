@@ -237,11 +237,18 @@ class DistillConfig(Section):
         le=1,
         description="Faithfulness: drop a distillation whose mean cosine to its members is below this (drift).",
     )
+    answer_prefix: str = Field(
+        "",
+        description="Text the distiller's reply is pre-filled with. Empty for a trained distiller; an untrained chat model can be steered into the format with e.g. '<answer>\\nQ:'.",
+    )
+    embedder: str = Field(
+        DEFAULT_EMBEDDER, description="Sentence embedder for the faithfulness (drift) check."
+    )
     max_copy_overlap: float = Field(
         0.9,
         gt=0,
         le=1,
-        description="Faithfulness: drop a distillation whose answer repeats one member this closely (character-level similarity).",
+        description="Faithfulness: drop a distillation whose answer repeats one member this closely (word-level similarity).",
     )
 
 

@@ -21,6 +21,9 @@ class GenParams:
     repetition_penalty: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int = 0
+    # Text the reply is pre-filled with (the model continues it); the returned text starts
+    # with it. Steers models that do not follow a format by themselves.
+    assistant_prefix: str = ""
 
 
 @dataclass

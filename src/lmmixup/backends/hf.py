@@ -80,7 +80,7 @@ class HFChatModel:
         """Reply to each message list; stops at EOS, a stop string, or max_new_tokens."""
         import torch
 
-        texts = [self.render(messages) for messages in prompts]
+        texts = [self.render(messages, params.assistant_prefix) for messages in prompts]
         results: list[Generation | None] = [None] * len(texts)
         for batch in self._batches(texts):
             inputs = self._encode([texts[i] for i in batch])
@@ -114,7 +114,9 @@ class HFChatModel:
         while count and ids[count - 1] == pad:
             count -= 1
         ended_on_eos = count < len(ids) or (count and ids[count - 1] == eos)
-        text = self.tokenizer.decode(ids[:count], skip_special_tokens=True)
+        text = params.assistant_prefix + self.tokenizer.decode(
+            ids[:count], skip_special_tokens=True
+        )
         stopped = (
             ended_on_eos
             or any(stop in text for stop in params.stop)

@@ -191,6 +191,11 @@ class OpenAIChatModel:
         if not prompts:
             return []
         request = self._request_args(params)
+        prefix = params.assistant_prefix
+        if prefix:
+            prompts = [
+                [*messages, {"role": "assistant", "content": prefix}] for messages in prompts
+            ]
         workers = min(self.concurrency, len(prompts))
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="openai-chat")
         try:
@@ -198,6 +203,8 @@ class OpenAIChatModel:
         finally:
             # on an interrupt, items not yet started are dropped; those in flight finish
             pool.shutdown(wait=True, cancel_futures=True)
+        if prefix:
+            results = [_prefixed(result, prefix) for result in results]
         if any(result is None for result in results):
             raise RequestBudgetExhausted(results, self._budget.limit)
         return results  # type: ignore[return-value]
@@ -213,8 +220,14 @@ class OpenAIChatModel:
         }
         if params.stop:
             args["stop"] = list(params.stop)
+        extra: dict = {}
         if params.repetition_penalty != 1.0:
-            args["extra_body"] = {"repetition_penalty": params.repetition_penalty}
+            extra["repetition_penalty"] = params.repetition_penalty
+        if params.assistant_prefix:
+            # vLLM's way to continue a pre-filled assistant turn; other servers may ignore it.
+            extra |= {"continue_final_message": True, "add_generation_prompt": False}
+        if extra:
+            args["extra_body"] = extra
         return args
 
     def _complete(self, messages: Messages, request: dict) -> Generation | None:
@@ -292,3 +305,11 @@ def load(cfg: BackendConfig) -> OpenAIChatModel:
         max_retries=cfg.max_retries,
         timeout_s=cfg.timeout_s,
     )
+
+
+def _prefixed(result: Generation | None, prefix: str) -> Generation | None:
+    """The reply with the pre-filled prefix put back in front (servers return only the rest)."""
+    if result is None or not result.ok or result.text.startswith(prefix):
+        return result
+    result.text = prefix + result.text
+    return result

@@ -1,0 +1,433 @@
+"""Stage 4: prompt, reply parsing, answer -> pair, faithfulness guard and the stage itself."""
+
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lmmixup.backends.base import Generation
+from lmmixup.config import DistillConfig
+from lmmixup.distill import (
+    TRUNCATION_MARKER,
+    ParsedOutput,
+    answer_to_pair,
+    build_messages,
+    check_faithfulness,
+    copy_overlap,
+    distill_clusters,
+    is_well_formed,
+    linearise,
+    load_members,
+    make_distill_fn,
+    parse_output,
+)
+from lmmixup.errors import LmmixupError
+from lmmixup.io import read_records, write_records
+from lmmixup.runner import REJECT_KEY
+
+CFG = DistillConfig()
+
+# ---------------------------------------------------------------------------- parse_output
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "<think>plan</think>\n<answer>\nQ: x\nA: y\n</answer>",
+            ParsedOutput("plan", "Q: x\nA: y"),
+        ),
+        ("<answer>Q: x A: y</answer>", ParsedOutput(None, "Q: x A: y")),
+        (
+            "<think>a</think><answer>kept</answer> junk <answer>no</answer>",
+            ParsedOutput("a", "kept"),
+        ),
+        ("<answer>first</answer><answer>second</answer>", ParsedOutput(None, "first")),
+        (
+            "<think>use <answer> and </answer> tags</think><answer>real</answer>",
+            ParsedOutput("use <answer> and </answer> tags", "real"),
+        ),
+        ("<think>unclosed <answer>ans</answer>", ParsedOutput(None, "ans")),
+        ("<answer>   </answer>", ParsedOutput(None, "")),
+    ],
+)
+def test_parse_output(text, expected):
+    assert parse_output(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "no tags at all", "<think>only thinking</think>", "<think>t</think><answer>cut at max"],
+)
+def test_parse_output_without_a_closed_answer_is_none(text):
+    assert parse_output(text) is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from(["<think>", "</think>", "<answer>", "</answer>", "Q: ", "A: ", "x", "\n"])
+        | st.text(max_size=8),
+        max_size=12,
+    ).map("".join)
+)
+def test_parse_output_never_raises(text):
+    parsed = parse_output(text)
+    assert parsed is None or "</answer>" not in parsed.answer
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("<think>t</think><answer>a</answer>", True),
+        ("  <think>\nt\n</think>\n\n<answer>\na\n</answer>\n", True),
+        ("<answer>a</answer>", False),
+        ("Sure! <think>t</think><answer>a</answer>", False),
+        ("<think>t</think><answer>a</answer> bye", False),
+        ("<think>t</think><answer>a</answer><answer>b</answer>", False),
+        ("<answer>a</answer><think>t</think>", False),
+        ("<think>t<think>u</think><answer>a</answer>", False),
+    ],
+)
+def test_is_well_formed(text, expected):
+    assert is_well_formed(text) is expected
+
+
+# ---------------------------------------------------------------------------- answer_to_pair
+
+
+@pytest.mark.parametrize(
+    ("answer", "task_type", "pair"),
+    [
+        ("Q: What is 2+2?\nA: 4.", "qa", ("What is 2+2?", "4.")),
+        (
+            "Q: Largest planet?\nA) Mars\nB) Jupiter\nC) Venus\nD) Earth\nAnswer: B) Jupiter",
+            "mcq",
+            ("Largest planet?\nA) Mars\nB) Jupiter\nC) Venus\nD) Earth", "B) Jupiter"),
+        ),
+        ("The Moon is a star.\nAnswer: False", "tfq", ("The Moon is a star.", "False")),
+        ("C: Physics\nS: Light is fast.", "cs", ("Physics", "Light is fast.")),
+        (
+            "Bees make honey. They live in hives! Most are workers.",
+            "paragraph",
+            ("Continue this paragraph: Bees make honey.", "They live in hives! Most are workers."),
+        ),
+    ],
+)
+def test_answer_to_pair(answer, task_type, pair):
+    assert answer_to_pair(answer, task_type) == pair
+
+
+@pytest.mark.parametrize(
+    ("answer", "task_type"),
+    [
+        ("A: 4\nQ: What?", "qa"),
+        ("Q: Pick.\nA) x\nAnswer: A", "mcq"),
+        ("Answer: True", "tfq"),
+        ("S: s\nC: c", "cs"),
+        ("One sentence only.", "paragraph"),
+        ("", "paragraph"),
+    ],
+)
+def test_answer_to_pair_without_the_parts_is_none(answer, task_type):
+    assert answer_to_pair(answer, task_type) is None
+
+
+# ---------------------------------------------------------------------------- the prompt
+
+
+def test_linearise_format():
+    members = [
+        {"prompt": "What is 2+2?", "completion": "4"},
+        {"prompt": " Name a colour. ", "completion": "Blue.\n"},
+    ]
+    assert linearise(members, 100) == "Q: What is 2+2?\nA: 4\n\nQ: Name a colour.\nA: Blue."
+
+
+def test_linearise_cuts_long_members_with_a_marker():
+    short_prompt = {"prompt": "Why?", "completion": "x" * 100}
+    assert linearise([short_prompt], 50) == f"Q: Why?\nA: {'x' * 46}{TRUNCATION_MARKER}"
+    both_long = {"prompt": "p" * 100, "completion": "c" * 100}
+    expected = f"Q: {'p' * 25}{TRUNCATION_MARKER}\nA: {'c' * 25}{TRUNCATION_MARKER}"
+    assert linearise([both_long], 50) == expected
+
+
+def test_build_messages_carry_the_layout_and_the_members():
+    members = [{"prompt": "p1", "completion": "c1"}, {"prompt": "p2", "completion": "c2"}]
+    system, user = build_messages(members, "cs", CFG)
+    assert (system["role"], user["role"]) == ("system", "user")
+    assert "<think>" in system["content"] and "<answer>\nC: " in system["content"]
+    assert user["content"].endswith("Q: p1\nA: c1\n\nQ: p2\nA: c2")
+    assert "2 examples" in user["content"]
+
+
+# ---------------------------------------------------------------------------- faithfulness
+
+MEMBERS = [
+    "What is the capital of France?\nParis.",
+    "How many people live in Paris?\nAbout two million.",
+]
+
+
+def test_copy_overlap_is_the_best_exact_ratio():
+    assert copy_overlap(MEMBERS[1], MEMBERS) == 1.0
+    assert copy_overlap("Tell me about Paris\nParis is the capital.", MEMBERS) < 0.9
+    assert copy_overlap("anything", []) == 0.0
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.text(alphabet="ab .", max_size=30),
+    st.lists(st.text(alphabet="ab .", max_size=30), max_size=4),
+)
+def test_copy_overlap_pruning_keeps_the_exact_maximum(text, members):
+    from difflib import SequenceMatcher
+
+    from lmmixup.distill import _words
+
+    exact = [
+        SequenceMatcher(None, _words(m), _words(text), autojunk=False).ratio() for m in members
+    ]
+    assert copy_overlap(text, members) == pytest.approx(max(exact, default=0.0))
+
+
+def test_faithful_pair_has_no_flags():
+    unit = np.array([1.0, 0.0], dtype=np.float32)
+    found = check_faithfulness(
+        "What is the capital of France and how many people live there?\nParis, about two million.",
+        MEMBERS,
+        cfg=CFG,
+        text_vector=unit,
+        member_vectors=np.stack([unit, unit]),
+    )
+    assert found.flags == ()
+    assert found.member_similarity == pytest.approx(1.0)
+    assert found.copy_overlap < CFG.max_copy_overlap
+
+
+def test_copy_is_flagged():
+    found = check_faithfulness(MEMBERS[0] + " ", MEMBERS, cfg=CFG)
+    assert found.flags == ("copy",)
+
+
+def test_drift_is_flagged():
+    members = np.array([[1.0, 0.0], [0.96, 0.28]], dtype=np.float32)
+    found = check_faithfulness(
+        "Bananas are yellow.\nYes.",
+        MEMBERS,
+        cfg=CFG,
+        text_vector=np.array([0.0, 1.0], dtype=np.float32),
+        member_vectors=members,
+    )
+    assert found.flags == ("drift",)
+    assert found.member_similarity == pytest.approx(0.14)
+
+
+@pytest.mark.parametrize("text", [None, "", "  \n"])
+def test_empty_is_flagged(text):
+    assert check_faithfulness(text, MEMBERS, cfg=CFG).flags == ("empty",)
+
+
+def test_truncated_is_flagged():
+    assert check_faithfulness(None, MEMBERS, cfg=CFG, finish_reason="length").flags == (
+        "truncated",
+        "empty",
+    )
+
+
+# ---------------------------------------------------------------------------- the stage
+
+POOL = [
+    {"id": "m1", "prompt": "What is the capital of France?", "completion": "Paris.", "source": "s"},
+    {
+        "id": "m2",
+        "prompt": "How many live in Paris?",
+        "completion": "About 2 million.",
+        "source": "s",
+    },
+    {"id": "m3", "prompt": "Name a prime.", "completion": "7", "source": "s", "task_type": "qa"},
+    {"id": "m4", "prompt": "Is 9 prime?", "completion": "No.", "source": "s"},
+    {"id": "m5", "prompt": "Spell cat.", "completion": "C-A-T", "source": "t"},
+    {"id": "m6", "prompt": "Spell dog.", "completion": "D-O-G", "source": "t"},
+]
+CLUSTERS = [
+    {"cluster_id": "c1", "source": "s", "member_ids": ["m1", "m2"], "size": 2, "cohesion": 0.7},
+    {"cluster_id": "c2", "source": "s", "member_ids": ["m3", "m4"], "size": 2, "cohesion": 0.6},
+]
+GOOD = (
+    "<think>Combine the capital and its population.</think>\n<answer>\n"
+    "Q: What is the capital of France, and how many people live there?\n"
+    "A: Paris, home to about 2 million people.\n</answer>"
+)
+
+
+class ScriptedGenerator:
+    """Replies by the first member prompt found in the user message; counts its calls."""
+
+    name = "scripted"
+    fingerprint = "scripted"
+
+    def __init__(self, replies: dict[str, Generation]):
+        self.replies = replies
+        self.calls: list[int] = []
+
+    def generate(self, prompts, params):
+        self.calls.append(len(prompts))
+        assert params.stop == ("</answer>",)
+        return [self._reply(messages[-1]["content"]) for messages in prompts]
+
+    def _reply(self, content: str) -> Generation:
+        key = next(key for key in self.replies if key in content)
+        return self.replies[key]
+
+
+class ConstantEmbedder:
+    """Every text gets the same unit vector; counts its calls."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def encode(self, texts):
+        self.calls += 1
+        return np.tile(np.array([[1.0, 0.0]], dtype=np.float32), (len(texts), 1))
+
+
+def _fixture_generator() -> ScriptedGenerator:
+    return ScriptedGenerator(
+        {
+            "capital of France": Generation(GOOD, "stop"),
+            "Name a prime": Generation("I am not sure what to do.", "stop"),
+        }
+    )
+
+
+def test_distill_fn_turns_a_batch_into_records_and_rejects():
+    generator, embedder = _fixture_generator(), ConstantEmbedder()
+    members = {record["id"]: record for record in POOL}
+    good, bad = make_distill_fn(generator, embedder, CFG, members)(CLUSTERS)
+    assert generator.calls == [2] and embedder.calls == 1
+    assert good == {
+        "id": "mix-c1",
+        "prompt": "What is the capital of France, and how many people live there?",
+        "completion": "Paris, home to about 2 million people.",
+        "source": "s",
+        "task_type": "qa",
+        "cluster_id": "c1",
+        "member_ids": ["m1", "m2"],
+        "think": "Combine the capital and its population.",
+        "raw_output": GOOD,
+        "model": "scripted",
+        "finish_reason": "stop",
+        "checks": good["checks"],
+    }
+    assert good["checks"]["flags"] == [] and good["checks"]["member_similarity"] == 1.0
+    assert bad[REJECT_KEY] == "unparsable"
+    assert (bad["id"], bad["cluster_id"], bad["member_ids"]) == ("mix-c2", "c2", ["m3", "m4"])
+
+
+@pytest.mark.parametrize(
+    ("generation", "reason"),
+    [
+        (Generation("<think>t</think><answer>Q: What is the capital", "length"), "truncated"),
+        (Generation("<answer>just words</answer>", "stop"), "format"),
+        (Generation("<answer> </answer>", "stop"), "empty"),
+        (Generation("<answer>Q: What is the capital of France?\nA: Paris.", "stop"), "copy"),
+        (Generation("", "error", error="HTTP 500"), "generation_error"),
+    ],
+)
+def test_distill_fn_reject_reasons(generation, reason):
+    generator = ScriptedGenerator({"capital": generation})
+    members = {record["id"]: record for record in POOL}
+    (record,) = make_distill_fn(generator, ConstantEmbedder(), CFG, members)(CLUSTERS[:1])
+    assert record[REJECT_KEY] == reason
+    assert record["cluster_id"] == "c1"
+
+
+def test_task_type_comes_from_the_members():
+    generator = ScriptedGenerator({"Name a prime": Generation("<answer>x</answer>", "stop")})
+    members = {record["id"]: record for record in POOL}
+    cfg = DistillConfig(default_task_type="paragraph")
+    (record,) = make_distill_fn(generator, ConstantEmbedder(), cfg, members)(CLUSTERS[1:])
+    assert record["task_type"] == "qa"
+
+
+def test_missing_members_are_an_error(tmp_path):
+    write_records(tmp_path / "pool.jsonl", POOL[:1])
+    with pytest.raises(LmmixupError, match="'m2'"):
+        load_members(tmp_path / "pool.jsonl", {"m1", "m2"})
+
+
+def _write_inputs(tmp_path):
+    write_records(tmp_path / "pool.jsonl", POOL)
+    write_records(tmp_path / "clusters.jsonl", CLUSTERS)
+    return tmp_path / "clusters.jsonl", tmp_path / "pool.jsonl"
+
+
+def test_distill_clusters_resumes_at_cluster_granularity(tmp_path, monkeypatch):
+    generator = _fixture_generator()
+    monkeypatch.setattr("lmmixup.backends.load_generator", lambda cfg, cache: generator)
+    monkeypatch.setattr("lmmixup.backends.embed.load_embedder", lambda name: ConstantEmbedder())
+    clusters, pool = _write_inputs(tmp_path)
+    out, rejects = tmp_path / "distilled.jsonl", tmp_path / "rejects.jsonl"
+
+    first = distill_clusters(clusters, pool, out, rejects, CFG)
+    assert (first["written"], first["rejected"], first["reject_reasons"]) == (
+        1,
+        1,
+        {"unparsable": 1},
+    )
+    (reject,) = read_records(rejects)
+    assert (reject["id"], reject["line"], reject["raw"]["cluster_id"]) == ("mix-c2", 2, "c2")
+
+    second = distill_clusters(clusters, pool, out, rejects, CFG)
+    assert (second["already_done"], second["written"], second["rejected"]) == (2, 0, 0)
+    assert (second["distilled"], second["reject_reasons"]) == (1, {"unparsable": 1})
+    assert generator.calls == [2]
+    assert len(read_records(rejects)) == 1
+
+
+def test_tiny_llama_through_hf_backend(tmp_path, monkeypatch):
+    """A random 2-layer Llama with the real SmolLM2 tokenizer, through HFChatModel and the cache."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from lmmixup.assets import smollm2_checkpoint
+    from lmmixup.cache import CallCache
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_checkpoint())
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        vocab_size=len(tokenizer),
+    )
+    model_dir = tmp_path / "tiny"
+    LlamaForCausalLM(config).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    cfg = DistillConfig.model_validate(
+        {"generator": {"model": str(model_dir), "batch_size": 2}, "max_new_tokens": 16}
+    )
+    clusters, pool = _write_inputs(tmp_path)
+    cache = CallCache(tmp_path / "calls.sqlite")
+    monkeypatch.setattr("lmmixup.backends.embed.load_embedder", lambda name: ConstantEmbedder())
+
+    def run(name: str) -> dict:
+        out, rejects = tmp_path / f"{name}.jsonl", tmp_path / f"{name}-rejects.jsonl"
+        counts = distill_clusters(clusters, pool, out, rejects, cfg, cache)
+        done = read_records(out) + [r["raw"] for r in read_records(rejects)]
+        assert sorted(record["cluster_id"] for record in done) == ["c1", "c2"]
+        return counts
+
+    first = run("a")
+    assert first["written"] + first["rejected"] == 2
+    assert cache.misses == 2 and cache.hits == 0
+    assert run("a")["already_done"] == 2
+    assert cache.misses == 2
+    fresh = run("b")
+    assert (fresh["already_done"], cache.hits, cache.misses) == (0, 2, 2)
+    json.dumps(fresh)
