@@ -76,7 +76,12 @@ def test_complete_stage_is_skipped_and_changes_are_refused(tmp_path):
         tmp_path, "s", inputs=[source], config={"a": 1}, body=_body_counting(calls, source)
     )
     assert not first.skipped and sum(calls) == 7
-    assert first.manifest["counts"] == {"already_done": 0, "written": 4, "rejected": 3, "stopped_early": 0}
+    assert first.manifest["counts"] == {
+        "already_done": 0,
+        "written": 4,
+        "rejected": 3,
+        "stopped_early": 0,
+    }
     rejects = read_records(tmp_path / "s" / "rejects.jsonl")
     assert [r["line"] for r in rejects] == [2, 4, 6] and rejects[0]["reason"] == "odd"
 

@@ -313,6 +313,185 @@ def split(
 
 
 @app.command(
+    epilog="Examples:\n\n    lmmixup cluster low.jsonl -o clusters.jsonl\n\n"
+    "    lmmixup cluster low.jsonl -o clusters.jsonl --min-size 2 --max-size 5 --mean-size 3 --std-size 1 --seed 0\n\n"
+    "    lmmixup cluster low.jsonl -o clusters.jsonl --per-source"
+)
+def cluster(
+    low: Annotated[
+        Path, typer.Argument(help="Records to cluster (JSONL), e.g. the low-quality split.")
+    ],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Cluster records (JSONL).")],
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+    min_size: Annotated[int | None, typer.Option(help="Smallest cluster [2].")] = None,
+    max_size: Annotated[int | None, typer.Option(help="Largest cluster [25].")] = None,
+    mean_size: Annotated[float | None, typer.Option(help="Mean drawn cluster size [10].")] = None,
+    std_size: Annotated[float | None, typer.Option(help="Std of drawn cluster sizes [3].")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed for sizes and k-means [0].")] = None,
+    per_source: Annotated[
+        bool | None,
+        typer.Option("--per-source/--all-sources", help="Cluster each source separately."),
+    ] = None,
+    embedder: Annotated[
+        str | None, typer.Option(help="Sentence embedder [bundled:minilm].")
+    ] = None,
+    force: ForceOpt = False,
+) -> None:
+    """Group records into clusters of pre-drawn sizes (capacity-constrained, k-means centres)."""
+    from lmmixup.cluster_stage import cluster_file
+    from lmmixup.config import ClusterConfig, load_config
+
+    flags = {
+        "min_size": min_size,
+        "max_size": max_size,
+        "mean_size": mean_size,
+        "std_size": std_size,
+        "seed": seed,
+        "per_source": per_source,
+        "embedder": embedder,
+    }
+    cfg = load_config(ClusterConfig, config, _overrides(sets, **flags))
+    counts = _file_stage(
+        output,
+        "cluster",
+        [low],
+        cfg,
+        lambda stage: stage.counts.update(cluster_file(low, output, cfg)),
+        force,
+    )
+    _echo(
+        f"{counts.get('records', 0):,} records -> {counts.get('clusters', 0):,} clusters -> {output}"
+    )
+    _echo(f"sizes: {counts.get('size_histogram', {})}; mean cohesion {counts.get('mean_cohesion')}")
+
+
+@app.command(
+    epilog="Examples:\n\n    lmmixup distill clusters.jsonl --pool low.jsonl -o distilled.jsonl\n\n"
+    "    lmmixup distill clusters.jsonl --pool low.jsonl -o distilled.jsonl --model runs/distiller/final\n\n"
+    "    lmmixup distill clusters.jsonl --pool low.jsonl -o distilled.jsonl --backend openai "
+    "--base-url http://localhost:8000/v1 --model my-distiller"
+)
+def distill(
+    clusters: Annotated[
+        Path, typer.Argument(help="Cluster records (JSONL) from `lmmixup cluster`.")
+    ],
+    pool: Annotated[Path, typer.Option(help="The records the clusters' member_ids refer to.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Distilled records (JSONL).")],
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+    backend: Annotated[str | None, typer.Option(help="Distiller backend: hf | openai.")] = None,
+    model: Annotated[
+        str | None, typer.Option(help="Distiller: path, bundled name, or server model name.")
+    ] = None,
+    base_url: Annotated[str | None, typer.Option(help="openai backend: server URL.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Clusters per generate call.")] = None,
+    max_new_tokens: Annotated[
+        int | None, typer.Option(help="Tokens per distillation [512].")
+    ] = None,
+    temperature: Annotated[float | None, typer.Option(help="0 = greedy [0].")] = None,
+    repetition_penalty: Annotated[
+        float | None, typer.Option(help="Repetition penalty [1.05].")
+    ] = None,
+    force: ForceOpt = False,
+) -> None:
+    """Merge each cluster into one instruction/response pair with the distiller model.
+
+    Outputs that do not parse, copy one member, drift from the cluster or are truncated go to
+    the rejects file with the reason. Interrupted runs resume at the next cluster.
+    """
+    from lmmixup.cache import CallCache
+    from lmmixup.config import DistillConfig, load_config
+    from lmmixup.distill import distill_clusters
+
+    generator = {"backend": backend, "model": model, "base_url": base_url, "batch_size": batch_size}
+    flags = {f"generator.{k}": v for k, v in generator.items()}
+    flags |= {
+        "max_new_tokens": max_new_tokens,
+        "temperature": temperature,
+        "repetition_penalty": repetition_penalty,
+    }
+    cfg = load_config(DistillConfig, config, _overrides(sets, **flags))
+
+    def body(stage) -> None:
+        stage.counts.update(
+            distill_clusters(clusters, pool, output, _rejects_beside(output), cfg, CallCache())
+        )
+
+    counts = _file_stage(output, "distill", [clusters, pool], cfg, body, force)
+    _echo(f"distilled {counts.get('distilled', 0):,} clusters -> {output}")
+    _echo(f"rejected: {counts.get('reject_reasons', {})} -> {_rejects_beside(output)}")
+
+
+@app.command(
+    epilog="Examples:\n\n    lmmixup select --original high.jsonl --mixup distilled.jsonl -o train.jsonl --budget 10000 --mixup-ratio 0.3\n\n"
+    "    lmmixup select --baseline random --pool rated.jsonl -o random.jsonl --budget 10000\n\n"
+    "    lmmixup select --baseline ds2-like --pool rated.jsonl -o ds2.jsonl --budget 10000"
+)
+def select(
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Training set (prompt/completion JSONL).")
+    ],
+    original: Annotated[
+        Path | None, typer.Option(help="High-quality original records (rated).")
+    ] = None,
+    mixup: Annotated[
+        Path | None, typer.Option(help="Distilled records (re-rated and kept).")
+    ] = None,
+    baseline: Annotated[
+        str | None,
+        typer.Option(
+            help="Instead: random | full | high-only | low-only | high-low | label-filtered | ds2-like, from --pool."
+        ),
+    ] = None,
+    pool: Annotated[Path | None, typer.Option(help="Rated pool, for --baseline.")] = None,
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+    budget: Annotated[int | None, typer.Option(help="Rows in the training set.")] = None,
+    mixup_ratio: Annotated[
+        str | None,
+        typer.Option(help="Distilled share of the budget: 0.3, or 3:7 (distilled:original)."),
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Shuffle seed [42].")] = None,
+    allow_short: Annotated[
+        bool,
+        typer.Option(
+            help="Return fewer rows than the budget when even both sides together are too few."
+        ),
+    ] = False,
+) -> None:
+    """Select a training set at an exact budget and ratio; every row says why it was chosen.
+
+    When one side has too few candidates, the other side fills the gap (flagged in the
+    .why.jsonl file and reported); with too few in total it stops unless --allow-short.
+    """
+    from lmmixup.config import SelectConfig, load_config
+    from lmmixup.errors import LmmixupError
+    from lmmixup.select_stage import BASELINES, select_baseline, select_files, why_path
+
+    ratio = None
+    if mixup_ratio is not None:
+        from lmmixup.selection import parse_ratio
+
+        ratio = parse_ratio(mixup_ratio)
+    cfg = load_config(
+        SelectConfig, config, _overrides(sets, budget=budget, mixup_ratio=ratio, seed=seed)
+    )
+    if baseline is not None:
+        if baseline not in BASELINES or pool is None:
+            raise LmmixupError(f"--baseline takes one of {', '.join(BASELINES)} and needs --pool")
+        summary = select_baseline(baseline, pool, output, cfg)
+    elif original is None or mixup is None:
+        raise LmmixupError("give --original and --mixup (or --baseline NAME --pool RATED)")
+    else:
+        summary = select_files(original, mixup, output, cfg, allow_short=allow_short)
+    _echo(f"selected {summary['rows']:,} rows -> {output} (why: {why_path(output)})")
+    _echo(f"by origin: {summary['by_origin']}; by source: {summary['by_source']}")
+    for note in summary.get("notes", []):
+        _echo(f"note: {note}")
+
+
+@app.command(
     epilog="Examples:\n\n    lmmixup run                      # the bundled demo, into runs/demo\n\n"
     "    lmmixup run my.yaml --run-dir runs/exp1\n\n"
     "    lmmixup run my.yaml --run-dir runs/exp1 --set select.budget=2000 --force"

@@ -24,7 +24,7 @@ class PipelineStage:
     """One step of `lmmixup run`: which config section it takes, what it reads, what it does."""
 
     name: str
-    section: str
+    sections: tuple[str, ...]
     inputs: Callable[[RunConfig, dict[str, Outputs]], list[Path]]
     body: Callable[[StageDir, RunConfig, dict[str, Outputs]], None]
     outputs: dict[str, str]
@@ -78,27 +78,113 @@ def _previous(stage: str, key: str) -> Callable[[RunConfig, dict[str, Outputs]],
     return lambda cfg, outputs: [outputs[stage][key]]
 
 
+def _cluster_body(stage: StageDir, cfg: RunConfig, outputs: dict[str, Outputs]) -> None:
+    from lmmixup.cluster_stage import cluster_file
+
+    stage.counts.update(
+        cluster_file(outputs["split"]["low"], stage.file("clusters.jsonl"), cfg.cluster)
+    )
+
+
+def _distill_body(stage: StageDir, cfg: RunConfig, outputs: dict[str, Outputs]) -> None:
+    from lmmixup.cache import CallCache
+    from lmmixup.distill import distill_clusters
+
+    counts = distill_clusters(
+        outputs["cluster"]["clusters"],
+        outputs["split"]["low"],
+        stage.file("distilled.jsonl"),
+        stage.file("rejects.jsonl"),
+        cfg.distill,
+        CallCache(),
+    )
+    stage.counts.update(counts)
+
+
+def _rerate_body(stage: StageDir, cfg: RunConfig, outputs: dict[str, Outputs]) -> None:
+    from lmmixup.cache import CallCache
+    from lmmixup.rating.stage import keep_high, rate_pool
+
+    rate_cfg = cfg.rate.model_copy(update={"propagate": None, "curate": False, "method": "judge"})
+    counts = rate_pool(
+        outputs["distill"]["distilled"],
+        stage.file("rated.jsonl"),
+        stage.file("rejects.jsonl"),
+        rate_cfg,
+        CallCache(),
+        stage.path,
+        stage.previous_runs,
+    )
+    counts["filter"] = keep_high(
+        stage.file("rated.jsonl"), stage.file("kept.jsonl"), cfg.rerate.threshold
+    )
+    stage.counts.update(counts)
+    if counts["failed"]:
+        stage.partial = f"{counts['failed']} ratings failed; re-run to retry them"
+
+
+def _select_body(stage: StageDir, cfg: RunConfig, outputs: dict[str, Outputs]) -> None:
+    from lmmixup.select_stage import select_files
+
+    stage.counts.update(
+        select_files(
+            outputs["split"]["high"],
+            outputs["rerate"]["kept"],
+            stage.file("train.jsonl"),
+            cfg.select,
+        )
+    )
+
+
 STAGES: list[PipelineStage] = [
     PipelineStage(
         "import",
-        "import_",
+        ("import_",),
         _import_inputs,
         _import_body,
         {"pool": "pool.jsonl", "rejects": "rejects.jsonl"},
     ),
     PipelineStage(
         "rate",
-        "rate",
+        ("rate",),
         _previous("import", "pool"),
         _rate_body,
         {"rated": "rated.jsonl", "rejects": "rejects.jsonl"},
     ),
     PipelineStage(
         "split",
-        "split",
+        ("split",),
         _previous("rate", "rated"),
         _split_body,
         {"high": "high.jsonl", "low": "low.jsonl"},
+    ),
+    PipelineStage(
+        "cluster",
+        ("cluster",),
+        _previous("split", "low"),
+        _cluster_body,
+        {"clusters": "clusters.jsonl"},
+    ),
+    PipelineStage(
+        "distill",
+        ("distill",),
+        lambda cfg, out: [out["cluster"]["clusters"], out["split"]["low"]],
+        _distill_body,
+        {"distilled": "distilled.jsonl", "rejects": "rejects.jsonl"},
+    ),
+    PipelineStage(
+        "rerate",
+        ("rate", "rerate"),
+        _previous("distill", "distilled"),
+        _rerate_body,
+        {"rated": "rated.jsonl", "kept": "kept.jsonl", "rejects": "rejects.jsonl"},
+    ),
+    PipelineStage(
+        "select",
+        ("select",),
+        lambda cfg, out: [out["split"]["high"], out["rerate"]["kept"]],
+        _select_body,
+        {"train": "train.jsonl", "why": "train.why.jsonl"},
     ),
 ]
 
@@ -118,12 +204,11 @@ def run_pipeline(cfg: RunConfig, run_dir: str | Path, force: bool = False) -> di
     outputs: dict[str, Outputs] = {}
     results: list[StageResult] = []
     for stage in STAGES:
-        section = getattr(cfg, stage.section)
         result = run_stage(
             run_dir,
             stage.name,
             inputs=stage.inputs(cfg, outputs),
-            config=result_config(section),
+            config={name: result_config(getattr(cfg, name)) for name in stage.sections},
             body=lambda stage_dir, stage=stage: stage.body(stage_dir, cfg, outputs),
             force=force,
         )

@@ -267,3 +267,20 @@ def _load_library(path: Path) -> ScorerLibrary:
 def _histogram(records: list[dict]) -> dict[str, int]:
     scores = [r["rating"]["score"] for r in records if is_rated(r)]
     return {str(s): scores.count(s) for s in range(6)}
+
+
+def keep_high(rated: Path, kept: Path, threshold: int) -> dict:
+    """Keep the records whose (curated) score reaches the threshold; counts for the manifest."""
+    records = read_records(rated)
+    keep = [
+        r
+        for r in records
+        if is_rated(r) and r["rating"].get("curated_score", r["rating"]["score"]) >= threshold
+    ]
+    write_records(kept, keep)
+    return {
+        "kept": len(keep),
+        "below_threshold": sum(is_rated(r) for r in records) - len(keep),
+        "unrated": sum(not is_rated(r) for r in records),
+        "threshold": threshold,
+    }

@@ -1,0 +1,108 @@
+"""`lmmixup select`: the training set (distilled + original) and the baselines, as files.
+
+The training set is prompt/completion JSONL that keeps each row's origin and lineage
+(`member_ids` of a distilled row); `*.why.jsonl` says why each row was chosen.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from lmmixup.backends.embed import load_embedder, record_text
+from lmmixup.config import SelectConfig
+from lmmixup.io import read_records, write_records
+
+TRAIN_FIELDS = ("id", "prompt", "completion", "source", "task_type", "member_ids", "cluster_id")
+
+
+def long_tail(records: list[dict], cfg: SelectConfig) -> np.ndarray:
+    """Min-max normalised long-tail (diversity) scores of a set, within the set itself."""
+    from lmmixup.selection import long_tail_scores, minmax
+
+    if not records:
+        return np.zeros(0)
+    vectors = load_embedder(cfg.embedder).encode(
+        [record_text(r) for r in records], description="embed for long-tail"
+    )
+    return minmax(long_tail_scores(vectors, k=cfg.long_tail_k))
+
+
+def training_row(record: dict, origin: str) -> dict:
+    """What a training-set row keeps of a record: the pair, its origin and its lineage."""
+    row = {key: record[key] for key in TRAIN_FIELDS if key in record}
+    row["origin"] = origin
+    if record.get("rating"):
+        row["score"] = record["rating"].get("curated_score", record["rating"]["score"])
+    return row
+
+
+def write_selection(selection, output: Path) -> dict:
+    """Write the rows and the reasons; returns the summary with the composition."""
+    origins = {why["id"]: why["origin"] for why in selection.why}
+    rows = [training_row(r, origins[r["id"]]) for r in selection.records]
+    write_records(output, rows)
+    write_records(why_path(output), selection.why)
+    summary = dict(selection.summary)
+    summary["rows"] = len(rows)
+    summary["by_origin"] = dict(Counter(row["origin"] for row in rows))
+    summary["by_source"] = dict(Counter(row["source"] for row in rows))
+    return summary
+
+
+def why_path(output: Path) -> Path:
+    return output.with_name(output.name.removesuffix(".jsonl") + ".why.jsonl")
+
+
+def select_files(
+    original: Path, mixup: Path, output: Path, cfg: SelectConfig, allow_short: bool = False
+) -> dict:
+    """The method's selection: top distilled by long-tail + top originals by (score, long-tail)."""
+    from lmmixup.selection import mix_budget
+
+    originals, distilled = read_records(original), read_records(mixup)
+    selection = mix_budget(
+        originals,
+        distilled,
+        budget=cfg.budget,
+        mixup_ratio=cfg.mixup_ratio,
+        seed=cfg.seed,
+        original_long_tail=long_tail(originals, cfg),
+        mixup_long_tail=long_tail(distilled, cfg),
+        allow_short=allow_short,
+    )
+    return write_selection(selection, output)
+
+
+def _baselines() -> dict[str, Callable]:
+    from lmmixup import selection as sel
+
+    return {
+        "random": lambda pool, cfg, lt: sel.random_subset(pool, budget=cfg.budget, seed=cfg.seed),
+        "full": lambda pool, cfg, lt: sel.full_pool(pool, seed=cfg.seed),
+        "high-only": lambda pool, cfg, lt: sel.high_only(pool, budget=cfg.budget, seed=cfg.seed),
+        "low-only": lambda pool, cfg, lt: sel.low_only(pool, budget=cfg.budget, seed=cfg.seed),
+        "high-low": lambda pool, cfg, lt: sel.high_low_mix(
+            pool, budget=cfg.budget, high_ratio=1 - cfg.mixup_ratio, seed=cfg.seed
+        ),
+        "label-filtered": lambda pool, cfg, lt: sel.label_filtered(
+            pool, budget=cfg.budget, seed=cfg.seed
+        ),
+        "ds2-like": lambda pool, cfg, lt: sel.ds2_like(
+            pool, budget=cfg.budget, long_tail=lt(), seed=cfg.seed
+        ),
+    }
+
+
+BASELINES = ("random", "full", "high-only", "low-only", "high-low", "label-filtered", "ds2-like")
+
+
+def select_baseline(name: str, rated_pool: Path, output: Path, cfg: SelectConfig) -> dict:
+    """A baseline selection of the rated pool at the same budget (`high-low` uses 1 - ratio as
+    the high share)."""
+    pool = read_records(rated_pool)
+    selection = _baselines()[name](pool, cfg, lambda: long_tail(pool, cfg))
+    return write_selection(selection, output)
