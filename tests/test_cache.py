@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from lmmixup.backends.base import CachedGenerator, Generation, GenParams
+import pytest
+
+from lmmixup.backends.base import CachedGenerator, Generation, GenParams, RequestBudgetExhausted
 from lmmixup.cache import CallCache, call_key
 
 
@@ -56,3 +58,45 @@ def test_failures_are_not_cached(tmp_path):
     assert not gen.generate(_msgs("x"), GenParams())[0].ok
     gen.generate(_msgs("x"), GenParams())
     assert len(inner.calls) == 2
+
+
+class BudgetedGenerator(CountingGenerator):
+    """Answers `allowed` prompts in total, then reports the request cap like a paid backend."""
+
+    concurrency = 2
+
+    def __init__(self, allowed: int):
+        super().__init__()
+        self.allowed = allowed
+
+    def generate(self, prompts, params):
+        self.calls.append(prompts)
+        results = []
+        for prompt in prompts:
+            if self.allowed:
+                self.allowed -= 1
+                results.append(Generation(f"reply to {prompt[0]['content']}", "stop", 3))
+            else:
+                results.append(None)
+        if None in results:
+            raise RequestBudgetExhausted(results, limit=3)
+        return results
+
+
+def test_paid_backends_are_called_in_chunks_and_partial_results_are_kept(tmp_path):
+    inner = BudgetedGenerator(allowed=3)
+    gen = CachedGenerator(inner, CallCache(tmp_path / "c.sqlite"))
+    with pytest.raises(RequestBudgetExhausted) as raised:
+        gen.generate(_msgs("a", "b", "c", "d", "e"), GenParams())
+    assert [len(call) for call in inner.calls] == [2, 2]
+    assert [g.text if g else None for g in raised.value.results] == [
+        "reply to a",
+        "reply to b",
+        "reply to c",
+        None,
+        None,
+    ]
+    inner.allowed = 10
+    again = gen.generate(_msgs("a", "b", "c", "d", "e"), GenParams())
+    assert [g.text for g in again] == [f"reply to {x}" for x in "abcde"]
+    assert inner.calls[-1] == _msgs("d", "e")

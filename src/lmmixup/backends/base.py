@@ -70,13 +70,18 @@ class Generator(Protocol):
 
 
 class CachedGenerator:
-    """Serves repeated calls from the disk cache; only successful replies are stored."""
+    """Serves repeated calls from the disk cache; only successful replies are stored.
+
+    Paid backends (those with a `concurrency`) are called in chunks of that size and each
+    chunk is cached as soon as it returns, so a crash loses at most the calls in flight.
+    """
 
     def __init__(self, inner: Generator, cache: CallCache):
         self.inner = inner
         self.cache = cache
         self.name = inner.name
         self.fingerprint = inner.fingerprint
+        self.chunk_size = getattr(inner, "concurrency", None)
 
     def generate(self, prompts: list[Messages], params: GenParams) -> list[Generation]:
         param_dict = asdict(params)
@@ -86,14 +91,27 @@ class CachedGenerator:
             hit = self.cache.get(key)
             results.append(None if hit is None else Generation(**hit, meta={"cached": True}))
         missing = [i for i, result in enumerate(results) if result is None]
-        if missing:
-            fresh = self.inner.generate([prompts[i] for i in missing], params)
-            self.cache.put_many(
-                {keys[i]: _cacheable(g) for i, g in zip(missing, fresh, strict=True) if g.ok}
-            )
-            for i, generation in zip(missing, fresh, strict=True):
-                results[i] = generation
+        step = self.chunk_size or max(len(missing), 1)
+        for start in range(0, len(missing), step):
+            chunk = missing[start : start + step]
+            try:
+                fresh = self.inner.generate([prompts[i] for i in chunk], params)
+            except RequestBudgetExhausted as exc:
+                self._store(keys, chunk, exc.results, results)
+                raise RequestBudgetExhausted(results, exc.limit) from None
+            self._store(keys, chunk, fresh, results)
         return results  # type: ignore[return-value]
+
+    def _store(self, keys: list[str], chunk: list[int], fresh: list, results: list) -> None:
+        """Put fresh replies into their places in `results`; cache the successful ones."""
+        for i, generation in zip(chunk, fresh, strict=True):
+            results[i] = generation
+        done = {
+            keys[i]: _cacheable(g)
+            for i, g in zip(chunk, fresh, strict=True)
+            if g is not None and g.ok
+        }
+        self.cache.put_many(done)
 
 
 def _cacheable(generation: Generation) -> dict:
