@@ -167,6 +167,10 @@ class RateConfig(Section):
     )
     embedder: str = Field(DEFAULT_EMBEDDER, description="Sentence embedder for kNN scoring.")
     k: int = Field(16, ge=1, description="kNN-Bayes: neighbours used to score a sample.")
+    search: Literal["exact", "ivf"] = Field(
+        "exact",
+        description="kNN-Bayes neighbour search: exact (SPEC), or ivf (approximate, several times faster on libraries of 50K+; check agreement on your data).",
+    )
     k_transition: int = Field(
         3, ge=1, description="kNN-Bayes: neighbours used to estimate the transition matrix."
     )

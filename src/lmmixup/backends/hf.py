@@ -42,7 +42,9 @@ class HFChatModel:
     ):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()  # our own progress bars report the work
         self.name = model
         path = resolve_model(model)
         self.fingerprint = model_fingerprint(path) + f"|{dtype}"
@@ -140,7 +142,7 @@ class HFChatModel:
         for batch in self._batches(texts):
             inputs = self._encode([texts[i] for i in batch])
             with torch.inference_mode():
-                logits = self.model(**inputs).logits[:, -1, :].float()
+                logits = self.model(**inputs, logits_to_keep=1).logits[:, -1, :].float()
             logprobs = torch.log_softmax(logits, dim=-1)[:, ids].cpu().numpy()
             out[batch] = logprobs
         return out

@@ -51,7 +51,7 @@ def _judge_fn(cfg: RateConfig, cache: CallCache | None, stop: BudgetStop, run_in
 
 
 def _batch_size(cfg: RateConfig) -> int:
-    return cfg.judge.concurrency * 4 if cfg.judge.backend == "openai" else cfg.judge.batch_size * 4
+    return cfg.judge.concurrency * 4 if cfg.judge.backend == "openai" else cfg.judge.batch_size
 
 
 def judge_records(
@@ -146,7 +146,7 @@ def fit_library(records: list[dict], cfg: RateConfig) -> tuple[KnnBayesScorer, n
     vectors = embedder.encode([record_text(r) for r in records], description="embed judged")
     labels = np.array([r["rating"]["score"] for r in records], dtype=np.int64)
     scorer = KnnBayesScorer.fit(
-        vectors, labels, k_transition=cfg.k_transition, embedder=cfg.embedder
+        vectors, labels, k_transition=cfg.k_transition, embedder=cfg.embedder, search=cfg.search
     )
     return scorer, vectors
 
