@@ -51,3 +51,25 @@ def test_real_bundled_models_produce_real_output():
     assert vectors.shape == (3, 384)
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)
     assert vectors[0] @ vectors[1] > vectors[0] @ vectors[2] + 0.3
+
+
+def test_shared_prefix_scoring_equals_plain_forward_passes(tiny_llama):
+    import torch
+
+    model = HFChatModel(str(tiny_llama), dtype="float32", batch_size=3)
+    rubric = "Rate the following pair from 1 to 10 with care, reading every word. " * 3
+    texts = [
+        model.render(_chat(rubric + tail), '{"overall":')
+        for tail in ("short", "a longer tail here", "mid tail")
+    ]
+    shared = model.next_token_logprobs(texts, ["1", "5", "9"])
+    plain = []
+    for text in texts:
+        ids = model.tokenizer(text, return_tensors="pt", add_special_tokens=False)
+        with torch.inference_mode():
+            logits = model.model(**ids).logits[0, -1].float()
+        token_ids = [
+            model.tokenizer.encode(c, add_special_tokens=False)[0] for c in ("1", "5", "9")
+        ]
+        plain.append(torch.log_softmax(logits, -1)[token_ids].numpy())
+    np.testing.assert_allclose(shared, np.array(plain), atol=1e-4)

@@ -161,3 +161,52 @@ def test_logprob_judge_with_tiny_model_rates_everything(tmp_path, tiny_llama):
             rating["method"] == "judge-logprob" and 1 <= rating["expected_overall"] <= 10
         )
     assert len(ratings) == 5
+
+
+def test_propagation_judges_a_fraction_and_scores_the_rest(tmp_path):
+    topics = ["baking bread", "linear algebra", "tax returns", "guitar chords"]
+    rows = [
+        {
+            "id": f"q{i}",
+            "prompt": f"Explain {topics[i % 4]} point {i} [[fake:json]]",
+            "completion": f"Here is how {topics[i % 4]} works, part {i}.",
+        }
+        for i in range(80)
+    ]
+    write_records(tmp_path / "pool.jsonl", rows)
+    with FakeOpenAIServer() as server:
+        done = _rate(tmp_path, server, "sk-x", "--propagate", "0.5", "--curate")
+        assert done.returncode == 0, done.stderr
+        judged_requests = server.count
+    rated = read_records(tmp_path / "rated.jsonl")
+    assert sorted(r["id"] for r in rated) == sorted(r["id"] for r in rows)
+    methods = [r["rating"]["method"] for r in rated]
+    assert methods.count("judge-generate") == judged_requests and "knn" in methods
+    assert all(r["rating"]["score"] == 4 for r in rated)  # every judged sample got 8 -> score 4
+    counts = json.loads((tmp_path / "rated.manifest.json").read_text())["counts"]
+    assert counts["agreement"]["held_out"] >= 2 and counts["curation"]["n_items"] == judged_requests
+    library = tmp_path / "rated.work" / "library"
+
+    cmd = [
+        sys.executable,
+        "-m",
+        "lmmixup.cli",
+        "-q",
+        "rate",
+        str(tmp_path / "pool.jsonl"),
+        "-o",
+        str(tmp_path / "knn.jsonl"),
+        "--method",
+        "knn",
+        "--library",
+        str(library),
+    ]
+    scored = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "LMMIXUP_CACHE": str(tmp_path / "cache")},
+    )
+    assert scored.returncode == 0, scored.stderr
+    assert all(r["rating"]["method"] == "knn" for r in read_records(tmp_path / "knn.jsonl"))

@@ -278,15 +278,19 @@ def degrade_pair(
 ) -> Variant | None:
     """A variant made by 1 to `max_operators` of the named operators; None if none applies.
 
-    The first operator is a removal (the variant loses information) when one applies; the
-    others are drawn from all named operators. Operators that cannot apply are skipped.
+    The first operator changes the completion: a removal when one applies (the variant loses
+    information), else a noise operator. The others are drawn from all named operators and
+    change either field. Operators that cannot apply are skipped.
     """
     pair = {"prompt": prompt, "completion": completion}
     wanted = rng.randint(1, max_operators)
     removals = [name for name in operators if OPERATORS[name].kind == "removal"]
+    noise = [name for name in operators if OPERATORS[name].kind == "noise"]
     used: list[str] = []
-    for name in rng.sample(removals, len(removals)):
-        if _apply(OPERATORS[name], pair, rng):
+    for name in rng.sample(removals, len(removals)) + rng.sample(noise, len(noise)):
+        result = OPERATORS[name].apply(completion, rng)
+        if result is not None:
+            pair["completion"] = result
             used.append(name)
             break
     for name in rng.sample(list(operators), len(operators)):

@@ -164,6 +164,12 @@ class MixtureConfig(Section):
         ge=1,
         description="Nearest neighbours are searched among this many sampled seeds per merged seed (more = closer pairs, more embedding time).",
     )
+    cross_topic_min_similarity: float = Field(
+        0.3,
+        ge=-1,
+        le=1,
+        description="Merge two seeds only when the cosine similarity of their embeddings is at least this.",
+    )
     embedder: str = Field(
         DEFAULT_EMBEDDER,
         description=f"Sentence embedder that finds similar seeds; '{LEXICAL}' = hashed word counts, no model.",
@@ -545,7 +551,7 @@ def merge_targets(first: Target, second: Target) -> Target | None:
 
 
 class LexicalEmbedder:
-    """Unit vectors of hashed word counts: similarity by shared words, no model to load."""
+    """Unit vectors of hashed counts of words of four letters or more: no model to load."""
 
     name = LEXICAL
 
@@ -556,7 +562,7 @@ class LexicalEmbedder:
         """One (len(texts), dim) float32 array of unit vectors (zero rows for wordless texts)."""
         vectors = np.zeros((len(texts), self.dim), dtype=np.float32)
         for row, text in enumerate(texts):
-            for word in re.findall(r"[a-z0-9]+", text.lower()):
+            for word in re.findall(r"[a-z]{4,}", text.lower()):
                 vectors[row, zlib.crc32(word.encode()) % self.dim] += 1.0
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
         return vectors / np.maximum(norms, 1e-12)
@@ -587,28 +593,40 @@ def nearest_neighbours(vectors: np.ndarray, k: int, block: int = 1024) -> np.nda
 
 
 def similar_pairs(
-    seeds: Sequence[Seed], count: int, embedder: Embedder, rng: random.Random, pool_factor: float
-) -> list[tuple[int, int]]:
-    """Up to `count` disjoint pairs of seed indices, each seed with its nearest unpaired neighbour.
+    seeds: Sequence[Seed],
+    count: int,
+    embedder: Embedder,
+    rng: random.Random,
+    *,
+    pool_factor: float,
+    min_similarity: float,
+) -> list[tuple[int, int, float]]:
+    """Up to `count` disjoint pairs of seed indices (with their cosine similarity).
 
-    Neighbours are searched among a seeded sample of `count * 2 * pool_factor` seeds.
+    A seeded sample of `count * 2 * pool_factor` seeds is embedded; visited in a seeded random
+    order, each unpaired seed is paired with its nearest unpaired neighbour among its ten
+    nearest, when their similarity reaches `min_similarity`.
     """
     size = min(len(seeds), math.ceil(count * 2 * pool_factor))
     if count == 0 or size < 2:
         return []
     pool = sorted(rng.sample(range(len(seeds)), size))
     texts = [f"{seeds[i].prompt}\n{seeds[i].completion}"[:_EMBED_CHARS] for i in pool]
-    neighbours = nearest_neighbours(np.asarray(embedder.encode(texts)), _NEIGHBOURS)
+    vectors = np.asarray(embedder.encode(texts), dtype=np.float32)
+    neighbours = nearest_neighbours(vectors, _NEIGHBOURS)
     taken: set[int] = set()
-    pairs: list[tuple[int, int]] = []
+    pairs: list[tuple[int, int, float]] = []
     for a in rng.sample(range(size), size):
         if len(pairs) == count:
             break
-        partner = next((int(b) for b in neighbours[a] if b not in taken), None)
-        if a in taken or partner is None:
+        if a in taken:
             continue
-        taken |= {a, partner}
-        pairs.append((pool[a], pool[partner]))
+        free = (int(b) for b in neighbours[a] if b not in taken)
+        partner = next(free, None)
+        similarity = -1.0 if partner is None else float(vectors[a] @ vectors[partner])
+        if similarity >= min_similarity:
+            taken |= {a, partner}
+            pairs.append((pool[a], pool[partner], similarity))
     return pairs
 
 
@@ -656,10 +674,10 @@ def _plan(targets: Sequence[Target], ids: Sequence[str], merged: Target, size: i
 
 @dataclass
 class PlanReport:
-    """Seeds that made no record, by reason, and the merges made."""
+    """Seeds that made no record, by reason, and the similarity of each merged pair."""
 
     skipped: Counter = field(default_factory=Counter)
-    cross_topic: int = 0
+    similarities: list[float] = field(default_factory=list)
 
 
 def merged_plans(
@@ -678,7 +696,15 @@ def merged_plans(
     if count == 0 or embedder is None:
         return [], set()
     plans, used = [], set()
-    for a, b in similar_pairs(seeds, count, embedder, rng, cfg.cross_topic_pool):
+    pairs = similar_pairs(
+        seeds,
+        count,
+        embedder,
+        rng,
+        pool_factor=cfg.cross_topic_pool,
+        min_similarity=cfg.cross_topic_min_similarity,
+    )
+    for a, b, similarity in pairs:
         first, second = qa_target(seeds[a], cfg.cot), qa_target(seeds[b], cfg.cot)
         merged = merge_targets(first, second) if first and second else None
         if merged is None:
@@ -687,7 +713,7 @@ def merged_plans(
             _plan((first, second), (seeds[a].id, seeds[b].id), merged, draw_size(rng, cfg))
         )
         used |= {a, b}
-    report.cross_topic = len(plans)
+        report.similarities.append(similarity)
     return plans, used
 
 
@@ -983,14 +1009,20 @@ def make_card(
         "task_types": dict(sorted(Counter(r["task_type"] for r in records).items())),
         "by_split_and_task": by_split,
         "cross_topic": sum(r["cross_topic"] for r in records),
+        "cross_topic_mean_similarity": _mean(result.plans.similarities),
         "with_think": sum(bool(r["think"]) for r in records),
         "cluster_sizes": {str(size): sizes[size] for size in sorted(sizes)},
-        "mean_cluster_size": round(sum(k * v for k, v in sizes.items()) / max(1, len(records)), 3),
+        "mean_cluster_size": _mean([len(r["members"]) for r in records]),
         "operator_uses": dict(sorted(result.operator_uses.items())),
         "llm_degradations": None if result.llm is None else result.llm.as_dict(),
         "seeds": seed_info,
         "config": cfg.model_dump(mode="json"),
     }
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    """The mean to four places, None for no values."""
+    return round(sum(values) / len(values), 4) if values else None
 
 
 def _table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:

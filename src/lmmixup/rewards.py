@@ -270,11 +270,17 @@ def _scorable(answers: Sequence[str | None]) -> list[int]:
 
 
 def _encode(embedder: Embedder, texts: list[str]) -> np.ndarray:
-    """One encode call; an error unless it returns one finite row per text."""
-    vectors = np.asarray(embedder.encode(texts), dtype=np.float32)
-    if vectors.ndim != 2 or vectors.shape[0] != len(texts) or not np.all(np.isfinite(vectors)):
-        raise ValueError(f"the embedder returned {vectors.shape} for {len(texts)} texts")
-    return vectors
+    """One row per text from one encode call of the distinct texts; an error unless all finite.
+
+    A GRPO batch repeats each prompt's reference once per generation, so distinct texts
+    are far fewer.
+    """
+    distinct = list(dict.fromkeys(texts))
+    vectors = np.asarray(embedder.encode(distinct), dtype=np.float32)
+    if vectors.ndim != 2 or vectors.shape[0] != len(distinct) or not np.all(np.isfinite(vectors)):
+        raise ValueError(f"the embedder returned {vectors.shape} for {len(distinct)} texts")
+    where = {text: row for row, text in enumerate(distinct)}
+    return vectors[[where[text] for text in texts]]
 
 
 def _choice(value: str, allowed: tuple[str, ...], what: str) -> str:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from functools import cached_property
-
 import numpy as np
 
 from lmmixup.assets import model_fingerprint, resolve_model
@@ -126,23 +124,67 @@ class HFChatModel:
         )
         return Generation(text, "stop" if stopped else "length", count, prompt_tokens)
 
-    @cached_property
-    def _digit_token_ids(self) -> list[int]:
-        return [self.tokenizer.convert_tokens_to_ids(str(d)) for d in range(10)]
-
     def next_token_logprobs(self, texts: list[str], candidates: list[str]) -> np.ndarray:
-        """log P(candidate's first token | text) for each text; one forward pass per batch.
+        """log P(candidate's first token | text) for each rendered text; (n, len(candidates)).
 
-        Texts are already rendered (see `render`). Returns an (n, len(candidates)) array.
+        One forward pass per batch. The token prefix that all texts of a batch share (e.g. a
+        judge's rubric) is run once and its key/value cache reused for every row.
         """
         import torch
 
         ids = [self.tokenizer.encode(c, add_special_tokens=False)[0] for c in candidates]
+        rows = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
         out = np.zeros((len(texts), len(ids)), dtype=np.float64)
         for batch in self._batches(texts):
-            inputs = self._encode([texts[i] for i in batch])
             with torch.inference_mode():
-                logits = self.model(**inputs, logits_to_keep=1).logits[:, -1, :].float()
-            logprobs = torch.log_softmax(logits, dim=-1)[:, ids].cpu().numpy()
-            out[batch] = logprobs
+                logits = self._last_logits([rows[i] for i in batch]).float()
+            out[batch] = torch.log_softmax(logits, dim=-1)[:, ids].cpu().numpy()
         return out
+
+    def _last_logits(self, rows: list[list[int]]):
+        """Next-token logits after each token row, sharing the rows' common prefix."""
+        import torch
+
+        shared = _common_prefix_length(rows)
+        cache = None
+        if shared >= _MIN_SHARED_PREFIX:
+            prefix = torch.tensor([rows[0][:shared]], device=self.device)
+            cache = self.model.base_model(input_ids=prefix, use_cache=True).past_key_values
+            cache.batch_repeat_interleave(len(rows))
+        else:
+            shared = 0
+        suffixes = [row[shared:] for row in rows]
+        width = max(len(s) for s in suffixes)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.tensor(
+            [s + [pad] * (width - len(s)) for s in suffixes], device=self.device
+        )
+        suffix_mask = torch.tensor(
+            [[1] * len(s) + [0] * (width - len(s)) for s in suffixes], device=self.device
+        )
+        mask = torch.cat(
+            [
+                torch.ones(len(rows), shared, dtype=suffix_mask.dtype, device=self.device),
+                suffix_mask,
+            ],
+            1,
+        )
+        positions = (shared + torch.arange(width, device=self.device)).expand(len(rows), -1)
+        hidden = self.model.base_model(
+            input_ids=input_ids, attention_mask=mask, position_ids=positions, cache=cache
+        ).last_hidden_state
+        last = hidden[torch.arange(len(rows)), suffix_mask.sum(1) - 1]
+        return self.model.get_output_embeddings()(last)
+
+
+_MIN_SHARED_PREFIX = 16
+
+
+def _common_prefix_length(rows: list[list[int]]) -> int:
+    """Length of the token prefix all rows share, leaving each row at least one own token."""
+    limit = min(len(row) for row in rows) - 1
+    first = rows[0]
+    length = 0
+    while length < limit and all(row[length] == first[length] for row in rows):
+        length += 1
+    return length

@@ -10,6 +10,7 @@ import typer
 rewards_app = typer.Typer(
     help="Build what the GRPO rewards need (the quality reward's kNN-Bayes library).",
     no_args_is_help=True,
+    rich_markup_mode="markdown",
 )
 
 
