@@ -69,3 +69,12 @@ def test_parts_are_stripped_and_split_at_the_first_labels():
         "prompt": "Which planet is largest?\nA) Mars\nB) Jupiter\nC) Venus\nD) Earth",
         "completion": "B",
     }
+
+
+def test_mcq_pattern_fails_fast_on_options_without_an_answer():
+    import time
+
+    text = "Q: x A) a B) b C) c D) d " * 400
+    start = time.perf_counter()
+    assert not matches_task_pattern(text, "mcq")
+    assert time.perf_counter() - start < 2.0

@@ -21,6 +21,16 @@ config_app = typer.Typer(help="Write and check configuration files.", no_args_is
 app.add_typer(data_app, name="data")
 app.add_typer(config_app, name="config")
 
+
+def _register_subcommands() -> None:
+    """Command groups that live in lmmixup.commands (each keeps its heavy imports inside)."""
+    from lmmixup.commands.rewards import rewards_app
+
+    app.add_typer(rewards_app, name="rewards")
+
+
+_register_subcommands()
+
 ConfigOpt = Annotated[
     Path | None, typer.Option("--config", "-c", help="YAML file with this command's keys.")
 ]

@@ -283,10 +283,9 @@ def _encode(embedder: Embedder, texts: list[str]) -> np.ndarray:
     return vectors[[where[text] for text in texts]]
 
 
-def _choice(value: str, allowed: tuple[str, ...], what: str) -> str:
+def _check_choice(value: str, allowed: tuple[str, ...], what: str) -> None:
     if value not in allowed:
         raise ValueError(f"{what} must be one of {allowed}, got {value!r}")
-    return value
 
 
 # ---------------------------------------------------------------------------- format
@@ -336,7 +335,7 @@ def make_alignment_reward(
     ``threshold``: 1.0 when the cosine is >= ``threshold``, else 0; ``continuous``: the cosine
     clipped to [0, 1]. Answers and references of a batch are embedded in one encode call.
     """
-    _choice(mode, ALIGNMENT_MODES, "alignment mode")
+    _check_choice(mode, ALIGNMENT_MODES, "alignment mode")
 
     def alignment_reward(completions: Sequence[Completion], **columns: Any) -> list[float]:
         """Cosine of answer and reference, thresholded or clipped; 0 without an answer."""
@@ -401,7 +400,7 @@ def make_quality_reward(
     ``banded``: the paper's 1.0 / 0.3 / 0 from E and the posterior mode; ``continuous``: E / 5.
     Answers of a batch are embedded in one encode call.
     """
-    _choice(mode, QUALITY_MODES, "quality mode")
+    _check_choice(mode, QUALITY_MODES, "quality mode")
     _warn_on_embedder_mismatch(library, embedder)
 
     def quality_reward(completions: Sequence[Completion], **columns: Any) -> list[float]:

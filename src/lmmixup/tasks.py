@@ -40,7 +40,9 @@ TASK_FORMATS: dict[str, TaskFormat] = {
         "Q: <the question>\nA) <option>\nB) <option>\nC) <option>\nD) <option>\n"
         "Answer: <the letter of the correct option>",
         re.compile(
-            r"\bQ\s*:(?P<prompt>.*?\bA\s*\).*?\bB\s*\).*?\bC\s*\).*?\bD\s*\).*?)"
+            # Atomic groups: each option label is taken at its first occurrence, so a reply full
+            # of options but no "Answer:" fails in linear time instead of backtracking.
+            r"\bQ\s*:(?P<prompt>(?>.*?\bA\s*\))(?>.*?\bB\s*\))(?>.*?\bC\s*\))(?>.*?\bD\s*\)).*?)"
             r"\bAnswer\s*:(?P<completion>.*)",
             _FLAGS,
         ),
