@@ -388,27 +388,11 @@ def test_distill_clusters_resumes_at_cluster_granularity(tmp_path, monkeypatch):
     assert len(read_records(rejects)) == 1
 
 
-def test_tiny_llama_through_hf_backend(tmp_path, monkeypatch):
+def test_tiny_llama_through_hf_backend(tmp_path, monkeypatch, tiny_llama):
     """A random 2-layer Llama with the real SmolLM2 tokenizer, through HFChatModel and the cache."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from lmmixup.assets import smollm2_checkpoint
     from lmmixup.cache import CallCache
 
-    tokenizer = AutoTokenizer.from_pretrained(smollm2_checkpoint())
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=64,
-        vocab_size=len(tokenizer),
-    )
-    model_dir = tmp_path / "tiny"
-    LlamaForCausalLM(config).save_pretrained(model_dir)
-    tokenizer.save_pretrained(model_dir)
+    model_dir = tiny_llama
     cfg = DistillConfig.model_validate(
         {"generator": {"model": str(model_dir), "batch_size": 2}, "max_new_tokens": 16}
     )

@@ -46,15 +46,16 @@ def _import_body(stage: StageDir, cfg: RunConfig, _: dict[str, Outputs]) -> None
     stage.counts.update(result.counts())
 
 
-def _rate_body(stage: StageDir, cfg: RunConfig, outputs: dict[str, Outputs]) -> None:
+def _rate_into(stage: StageDir, pool: Path, rate_cfg) -> dict:
+    """Rate `pool` into the stage's rated.jsonl; a stage with failures stays partial."""
     from lmmixup.cache import CallCache
     from lmmixup.rating.stage import rate_pool
 
     counts = rate_pool(
-        outputs["import"]["pool"],
+        pool,
         stage.file("rated.jsonl"),
         stage.file("rejects.jsonl"),
-        cfg.rate,
+        rate_cfg,
         CallCache(),
         stage.path,
         stage.previous_runs,
@@ -62,6 +63,11 @@ def _rate_body(stage: StageDir, cfg: RunConfig, outputs: dict[str, Outputs]) -> 
     stage.counts.update(counts)
     if counts["failed"]:
         stage.partial = f"{counts['failed']} ratings failed; re-run to retry them"
+    return counts
+
+
+def _rate_body(stage: StageDir, cfg: RunConfig, outputs: dict[str, Outputs]) -> None:
+    _rate_into(stage, outputs["import"]["pool"], cfg.rate)
 
 
 def _split_body(stage: StageDir, cfg: RunConfig, outputs: dict[str, Outputs]) -> None:
@@ -102,25 +108,13 @@ def _distill_body(stage: StageDir, cfg: RunConfig, outputs: dict[str, Outputs]) 
 
 
 def _rerate_body(stage: StageDir, cfg: RunConfig, outputs: dict[str, Outputs]) -> None:
-    from lmmixup.cache import CallCache
-    from lmmixup.rating.stage import keep_high, rate_pool
+    from lmmixup.rating.stage import keep_high
 
+    # Every distilled pair is judged (no propagation, no curation: too few to fit on).
     rate_cfg = cfg.rate.model_copy(update={"propagate": None, "curate": False, "method": "judge"})
-    counts = rate_pool(
-        outputs["distill"]["distilled"],
-        stage.file("rated.jsonl"),
-        stage.file("rejects.jsonl"),
-        rate_cfg,
-        CallCache(),
-        stage.path,
-        stage.previous_runs,
-    )
-    counts["filter"] = keep_high(
-        stage.file("rated.jsonl"), stage.file("kept.jsonl"), cfg.rerate.threshold
-    )
-    stage.counts.update(counts)
-    if counts["failed"]:
-        stage.partial = f"{counts['failed']} ratings failed; re-run to retry them"
+    _rate_into(stage, outputs["distill"]["distilled"], rate_cfg)
+    kept = keep_high(stage.file("rated.jsonl"), stage.file("kept.jsonl"), cfg.rerate.threshold)
+    stage.counts["filter"] = kept
 
 
 def _select_body(stage: StageDir, cfg: RunConfig, outputs: dict[str, Outputs]) -> None:
