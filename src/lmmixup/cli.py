@@ -527,23 +527,42 @@ def run(
     _print_summary(summary)
 
 
+_HEADLINES = {
+    "import": lambda c: f"{c.get('kept', 0):,} kept, {c.get('rejected', 0):,} rejected",
+    "rate": lambda c: f"{c.get('rated', 0):,} rated, {c.get('failed', 0):,} failed",
+    "split": lambda c: f"{c.get('high', 0):,} high, {c.get('low', 0):,} low",
+    "cluster": lambda c: f"{c.get('clusters', 0):,} clusters of {c.get('records', 0):,}",
+    "distill": lambda c: (
+        f"{c.get('distilled', 0):,} distilled, {sum(c.get('reject_reasons', {}).values()):,} rejected"
+    ),
+    "rerate": lambda c: f"{c.get('filter', {}).get('kept', 0):,} kept of {c.get('rated', 0):,}",
+    "select": lambda c: f"{c.get('rows', 0):,} rows {c.get('by_origin', {})}",
+}
+
+
 def _print_summary(summary: dict) -> None:
+    """The run's table (records and time per stage) and where everything is."""
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="lmmixup run")
+    table = Table(title=f"lmmixup run: {summary['run_dir']}")
     for column in ("stage", "status", "records", "seconds"):
         table.add_column(column)
     for name, stage in summary["stages"].items():
-        counts = stage["counts"]
-        records = counts.get("kept", counts.get("written", ""))
         status = "skipped (done)" if stage["skipped"] else stage["status"]
-        table.add_row(name, status, str(records), f"{stage['seconds'] or 0:.1f}")
+        headline = _HEADLINES.get(name, lambda c: "")(stage["counts"])
+        table.add_row(name, status, headline, f"{stage['seconds'] or 0:.1f}")
     console = Console()
     console.print(table)
-    for key, path in summary["outputs"].items():
-        console.print(f"{key}: {path}")
-    console.print(f"summary: {Path(summary['run_dir']) / 'summary.json'}")
+    outputs = summary["outputs"]
+    if "select.train" in outputs:
+        console.print(
+            f"training set: {outputs['select.train']} (why each row: {outputs['select.why']})"
+        )
+    rejects = [path for key, path in outputs.items() if key.endswith(".rejects")]
+    console.print("rejects: " + ", ".join(rejects))
+    console.print(f"manifests: {summary['run_dir']}/<stage>/manifest.json")
+    console.print(f"every output: {Path(summary['run_dir']) / 'summary.json'}")
 
 
 def main() -> None:
