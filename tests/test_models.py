@@ -73,3 +73,21 @@ def test_shared_prefix_scoring_equals_plain_forward_passes(tiny_llama):
         ]
         plain.append(torch.log_softmax(logits, -1)[token_ids].numpy())
     np.testing.assert_allclose(shared, np.array(plain), atol=1e-4)
+
+
+@pytest.mark.slow
+def test_embedder_remembers_recent_texts_and_gives_the_same_vectors():
+    from lmmixup.backends.embed import load_embedder
+
+    embedder = load_embedder("bundled:minilm")
+    calls = []
+    inner = embedder._encode
+    embedder._encode = lambda texts, *a: calls.append(list(texts)) or inner(texts, *a)
+    try:
+        first = embedder.encode(["alpha beta", "gamma"])
+        again = embedder.encode(["gamma", "delta", "alpha beta", "gamma"])
+    finally:
+        embedder._encode = inner
+    assert calls == [["alpha beta", "gamma"], ["delta"]]
+    np.testing.assert_array_equal(again[[2, 0]], first)
+    np.testing.assert_array_equal(again[0], again[3])

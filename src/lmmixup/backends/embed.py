@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from functools import lru_cache
 
 import numpy as np
@@ -11,21 +12,42 @@ from lmmixup.progress import progress
 
 
 class Embedder:
-    """Wraps a SentenceTransformer; `encode` returns an (n, d) float32 array of unit vectors."""
+    """Wraps a SentenceTransformer; `encode` returns an (n, d) float32 array of unit vectors.
 
-    def __init__(self, name: str, device: str | None = None):
+    Small calls remember their texts (the last `memory` of them), so rewards that embed the
+    same completions one after another (quality, then alignment) pay once.
+    """
+
+    def __init__(self, name: str, device: str | None = None, memory: int = 4096):
         from sentence_transformers import SentenceTransformer
 
         self.name = name
         self.model = SentenceTransformer(resolve_model(name), device=device or "cpu")
         self.dim = self.model.get_embedding_dimension()
+        self._memory: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._memory_size = memory
 
     def encode(
         self, texts: list[str], batch_size: int = 64, description: str | None = None
     ) -> np.ndarray:
-        """Embed texts in batches (sorted by length inside sentence-transformers)."""
+        """Embed texts; small calls reuse remembered vectors, bulk calls embed everything."""
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
+        if len(texts) > self._memory_size // 2:
+            return self._encode(texts, batch_size, description)
+        missing = list(dict.fromkeys(t for t in texts if t not in self._memory))
+        if missing:
+            vectors = self._encode(missing, batch_size, description)
+            self._memory.update(zip(missing, vectors, strict=True))
+        out = np.stack([self._memory[text] for text in texts])
+        for text in texts:
+            self._memory.move_to_end(text)
+        while len(self._memory) > self._memory_size:
+            self._memory.popitem(last=False)
+        return out
+
+    def _encode(self, texts: list[str], batch_size: int, description: str | None) -> np.ndarray:
+        """Embed texts in chunks under a progress bar."""
         chunks = []
         step = max(batch_size * 8, 256)
         with progress(description or f"embed ({self.name})", len(texts), unit="text") as advance:
