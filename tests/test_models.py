@@ -91,3 +91,21 @@ def test_embedder_remembers_recent_texts_and_gives_the_same_vectors():
     assert calls == [["alpha beta", "gamma"], ["delta"]]
     np.testing.assert_array_equal(again[[2, 0]], first)
     np.testing.assert_array_equal(again[0], again[3])
+
+
+def test_generated_text_ends_before_the_first_stop_string(tiny_llama):
+    model = HFChatModel(str(tiny_llama), dtype="float32")
+    tokens = model.tokenizer(
+        "A: merged answer\n\nQ: another pair", return_tensors="pt", add_special_tokens=False
+    )
+    params = GenParams(
+        max_new_tokens=64, stop=("</answer>", "\n\nQ:"), assistant_prefix="<answer>\nQ: x\n"
+    )
+    generation = model._decode(tokens["input_ids"][0], params, prompt_tokens=5)
+    assert generation.text == "<answer>\nQ: x\nA: merged answer"
+    assert generation.finish_reason == "stop"
+    unstopped = model._decode(tokens["input_ids"][0], GenParams(max_new_tokens=8), prompt_tokens=5)
+    assert (
+        unstopped.text == "A: merged answer\n\nQ: another pair"
+        and unstopped.finish_reason == "length"
+    )

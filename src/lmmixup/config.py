@@ -245,6 +245,10 @@ class DistillConfig(Section):
         "",
         description="Text the distiller's reply is pre-filled with. Empty for a trained distiller; an untrained chat model can be steered into the format with e.g. '<answer>\\nQ:'.",
     )
+    extra_stops: list[str] = Field(
+        default_factory=list,
+        description="More stop strings besides </answer>; stopping on one closes the answer. Untrained chat models run on into a new pair: stop them at e.g. '\\n\\nQ:'.",
+    )
     embedder: str = Field(
         DEFAULT_EMBEDDER, description="Sentence embedder for the faithfulness (drift) check."
     )

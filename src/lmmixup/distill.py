@@ -268,13 +268,14 @@ def distill_params(cfg: DistillConfig) -> GenParams:
         max_new_tokens=cfg.max_new_tokens,
         temperature=cfg.temperature,
         repetition_penalty=cfg.repetition_penalty,
-        stop=(ANSWER_CLOSE,),
+        stop=(ANSWER_CLOSE, *cfg.extra_stops),
         assistant_prefix=cfg.answer_prefix,
     )
 
 
 def _with_stop(generation: Generation) -> str:
-    """The reply with `</answer>` restored where a server stopped on it but left it out."""
+    """The reply with `</answer>` restored where generation stopped on a stop string (which
+    backends leave out): `</answer>` itself, or one of `extra_stops`."""
     text = generation.text
     if generation.finish_reason == "stop" and ANSWER_OPEN in text and ANSWER_CLOSE not in text:
         return text + ANSWER_CLOSE

@@ -108,20 +108,22 @@ class HFChatModel:
         return results  # type: ignore[return-value]
 
     def _decode(self, tokens, params: GenParams, prompt_tokens: int) -> Generation:
+        """Text and finish reason of one generated row.
+
+        Like OpenAI-compatible servers, the text ends before the first stop string it hit.
+        """
         ids = tokens.tolist()
         pad, eos = self.tokenizer.pad_token_id, self.tokenizer.eos_token_id
         count = len(ids)
         while count and ids[count - 1] == pad:
             count -= 1
         ended_on_eos = count < len(ids) or (count and ids[count - 1] == eos)
-        text = params.assistant_prefix + self.tokenizer.decode(
-            ids[:count], skip_special_tokens=True
-        )
-        stopped = (
-            ended_on_eos
-            or any(stop in text for stop in params.stop)
-            or count < params.max_new_tokens
-        )
+        generated = self.tokenizer.decode(ids[:count], skip_special_tokens=True)
+        cut = min((i for stop in params.stop if (i := generated.find(stop)) >= 0), default=-1)
+        if cut >= 0:
+            generated = generated[:cut]
+        stopped = ended_on_eos or cut >= 0 or count < params.max_new_tokens
+        text = params.assistant_prefix + generated
         return Generation(text, "stop" if stopped else "length", count, prompt_tokens)
 
     def next_token_logprobs(self, texts: list[str], candidates: list[str]) -> np.ndarray:
