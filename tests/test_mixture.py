@@ -7,6 +7,7 @@ import random
 import re
 import zlib
 from collections import Counter
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -146,6 +147,32 @@ def test_mcq_has_the_answer_exactly_once(i):
     assert target.think.startswith(seed.steps) and f"option {letter}" in target.think
 
 
+def _real_gsm8k_seeds(count: int) -> list[Seed]:
+    """The first rows of the bundled GSM8K test set as seeds (skips when it is not installed)."""
+    from lmmixup.errors import LmmixupError
+    from lmmixup.records import normalise_row
+    from lmmixup.sources import iter_source
+
+    try:
+        _, lines = iter_source("gsm8k")
+    except LmmixupError as exc:
+        pytest.skip(str(exc))
+    rows = [normalise_row(line.value, default_source="gsm8k") for line in islice(lines, count)]
+    return [to_seed(row, MixtureConfig()) for row in rows]
+
+
+def test_real_gsm8k_rows_make_valid_mcq_and_tfq():
+    seeds = _real_gsm8k_seeds(100)
+    rng = random.Random(0)
+    for n, seed in enumerate(seeds):
+        mcq = mcq_target(seed, rng, cot=True)
+        tfq = tfq_target(seed, rng, n % 2 == 0, cot=True)
+        assert matches_task_pattern(mcq.answer, "mcq") and matches_task_pattern(tfq.answer, "tfq")
+        options = re.findall(r"^[A-D]\) (.+)$", mcq.answer, re.MULTILINE)
+        assert len(options) == 4 and options.count(seed.final) == 1, seed.id
+        assert "<<" not in seed.steps and "####" not in seed.steps
+
+
 def test_tfq_states_the_right_or_a_wrong_answer():
     seed = _gsm8k_seed(4)
     true = tfq_target(seed, random.Random(0), True, cot=True)
@@ -260,7 +287,9 @@ def test_seed_filters_and_card(built):
         "unfinished": 1,
         "unrated": 1,
     }
-    assert card["seeds"]["in_records"] == sum(len(r["target_ids"]) for r in _records(out))
+    seeds = card["seeds"]
+    assert seeds["in_records"] == sum(len(r["target_ids"]) for r in _records(out))
+    assert seeds["usable"] == seeds["in_records"] + sum(seeds["not_used"].values())
     assert sum(card["cluster_sizes"].values()) == card["records"]
     assert card["llm_degradations"] is None and set(card["operator_uses"]) <= set(OPERATORS)
     assert json.loads((out / "card.json").read_text()) == card
@@ -284,6 +313,9 @@ def test_max_examples_and_quotas(seed_file, tmp_path):
     cfg = _cfg(seed_file, max_examples=12, task_quotas={"mcq": 0, "tfq": 2})
     card = build_mixture(cfg, tmp_path, embedder=FakeEmbedder())
     assert card["records"] <= 12 and "mcq" not in card["task_types"]
+    seeds = card["seeds"]
+    assert seeds["not_used"]["over_max_examples"] > 0
+    assert seeds["usable"] == seeds["in_records"] + sum(seeds["not_used"].values())
     assert card["task_types"].get("tfq", 0) <= 2
 
 
@@ -307,8 +339,10 @@ class FakeDegrader:
 
     def __init__(self):
         self.calls = 0
+        self.params = None
 
     def generate(self, prompts, params):
+        self.params = params
         replies = []
         for _ in prompts:
             self.calls += 1
@@ -325,8 +359,12 @@ class FakeDegrader:
 
 
 def test_model_degradations_are_counted_and_fall_back(seed_file, tmp_path):
-    cfg = _cfg(seed_file, llm_fraction=1.0, max_examples=15, cross_topic_fraction=0)
-    card = build_mixture(cfg, tmp_path, generator=FakeDegrader())
+    cfg = _cfg(
+        seed_file, llm_fraction=1.0, max_examples=15, cross_topic_fraction=0, llm_prefix="Q:"
+    )
+    degrader = FakeDegrader()
+    card = build_mixture(cfg, tmp_path, generator=degrader)
+    assert degrader.params.assistant_prefix == "Q:"
     llm = card["llm_degradations"]
     members = sum(size * n for size, n in ((int(k), v) for k, v in card["cluster_sizes"].items()))
     assert llm["requested"] == members

@@ -24,8 +24,10 @@ app.add_typer(config_app, name="config")
 
 def _register_subcommands() -> None:
     """Command groups that live in lmmixup.commands (each keeps its heavy imports inside)."""
+    from lmmixup.commands.mixture import mixture_app
     from lmmixup.commands.rewards import rewards_app
 
+    app.add_typer(mixture_app, name="mixture")
     app.add_typer(rewards_app, name="rewards")
 
 

@@ -26,8 +26,8 @@ from typing import Literal
 from lmmixup.tasks import task_parts
 
 OperatorFn = Callable[[str, random.Random], str | None]
-Field = Literal["prompt", "completion"]
-BOTH: tuple[Field, ...] = ("completion", "prompt")
+PairField = Literal["prompt", "completion"]
+BOTH: tuple[PairField, ...] = ("completion", "prompt")
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])(\s+)")
 _WORD = re.compile(r"\S+")
@@ -221,7 +221,7 @@ class Operator:
     name: str
     kind: Literal["removal", "noise"]
     apply: OperatorFn
-    fields: tuple[Field, ...] = BOTH
+    fields: tuple[PairField, ...] = BOTH
 
 
 OPERATORS: dict[str, Operator] = {

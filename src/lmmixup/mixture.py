@@ -8,8 +8,9 @@ records (any pool file, or the built-in `gsm8k` and `sharegpt`):
    `score >= min_score`. Other prose seeds must look finished, mostly Latin-script text and
    (unless `allow_code`) no code.
 2. Cross-topic merges first: a seeded sample of seeds is embedded, each paired with its
-   nearest unpaired neighbour, and the two become ONE qa target numbered `1.` / `2.`; its
-   members are variants of both. About `cross_topic_fraction` of the records are merges.
+   nearest unpaired neighbour (cosine at least `cross_topic_min_similarity`), and the two
+   become ONE qa target numbered `1.` / `2.`; its members are variants of both, about half
+   each. About `cross_topic_fraction` of the records are merges.
 3. Every other seed gets one task type among those it supports, drawn by `task_weights`:
    - qa: any seed. A GSM8K-style seed (completion ending in a `#### N` line) answers
      `The answer is N.` and, with `cot`, its worked solution (calculator notes removed)
@@ -27,8 +28,9 @@ records (any pool file, or the built-in `gsm8k` and `sharegpt`):
    parts); one that does not parse back (e.g. a question containing `A:`) is left out.
    Targets other than GSM8K-style ones have no `think` (we do not invent reasoning).
 4. Members: the target's clean (prompt, completion) pair degraded by 1-3 rule-based
-   operators (`lmmixup.degrade`), or, with a `degrader` model, rewritten by it for a
-   fraction of the variants. A model reply that fails (error, no `Q:`/`A:` pair, unchanged)
+   operators (`lmmixup.degrade`; the completion always changes, so no member carries the
+   target's content intact), or, with a `degrader` model, rewritten by it for a fraction
+   of the variants. A model reply that fails (error, no `Q:`/`A:` pair, unchanged)
    is counted in the card and replaced by a rule-based variant.
 5. Splits by record, stratified by task type: `sft_fraction` for SFT, the rest for GRPO,
    of which `grpo_test_fraction` is held out. A seed is in exactly one record, so no target
@@ -87,7 +89,7 @@ SPLITS = ("sft", "grpo_train", "grpo_test")
 LEXICAL = "lexical"
 """Embedder name for hashed bag-of-words vectors: no model, for tests and `--no-embed`."""
 
-_EMBED_CHARS = 300
+_EMBED_CHARS = 128
 _NEIGHBOURS = 10
 _DUPLICATE_RETRIES = 4
 _CATEGORY_KEYS = ("category", "topic", "subject")
@@ -160,7 +162,7 @@ class MixtureConfig(Section):
         description="Fraction of records that merge two similar seeds into one qa target.",
     )
     cross_topic_pool: float = Field(
-        2.0,
+        1.5,
         ge=1,
         description="Nearest neighbours are searched among this many sampled seeds per merged seed (more = closer pairs, more embedding time).",
     )
@@ -192,6 +194,10 @@ class MixtureConfig(Section):
     )
     llm_temperature: float = Field(
         0.8, ge=0, description="With a degrader: sampling temperature (0 = greedy)."
+    )
+    llm_prefix: str = Field(
+        "",
+        description="With a degrader: text its reply is pre-filled with; 'Q:' steers small local models into the Q:/A: form (hf backend, vLLM servers).",
     )
     sft_fraction: float = Field(
         0.3, gt=0, lt=1, description="Share of records for SFT cold start; the rest is GRPO."
@@ -397,15 +403,10 @@ class Target:
     completion: str
 
 
-def _checked(target: Target, question: str, reply: str) -> Target | None:
-    """The target if its answer parses back into exactly (question, reply), else None."""
+def _checked(target: Target, **expected: str) -> Target | None:
+    """The target if its answer parses back into exactly the expected layout parts, else None."""
     parts = task_parts(target.answer, target.task_type)
-    expected = (
-        {"text": target.answer.strip()}
-        if target.task_type == "paragraph"
-        else {"prompt": question.strip(), "completion": reply.strip()}
-    )
-    return target if parts == expected else None
+    return target if parts == {name: text.strip() for name, text in expected.items()} else None
 
 
 def _paragraph(text: str) -> str:
@@ -421,18 +422,14 @@ def _worked(seed: Seed) -> str:
 def qa_target(seed: Seed, cot: bool) -> Target | None:
     """`Q:` the prompt, `A:` the completion (GSM8K-style: the result, the solution as think)."""
     if seed.final is None:
-        return _checked(
-            Target(
-                "qa", f"Q: {seed.prompt}\nA: {seed.completion}", None, seed.prompt, seed.completion
-            ),
-            seed.prompt,
-            seed.completion,
-        )
+        answer = f"Q: {seed.prompt}\nA: {seed.completion}"
+        target = Target("qa", answer, None, seed.prompt, seed.completion)
+        return _checked(target, prompt=seed.prompt, completion=seed.completion)
     result = f"The answer is {seed.final}."
     reply = result if cot else f"{seed.steps}\n{result}"
     think = seed.steps if cot else None
     target = Target("qa", f"Q: {seed.prompt}\nA: {reply}", think, seed.prompt, _worked(seed))
-    return _checked(target, seed.prompt, reply)
+    return _checked(target, prompt=seed.prompt, completion=reply)
 
 
 def as_number(text: str) -> Decimal | None:
@@ -480,7 +477,7 @@ def mcq_target(seed: Seed, rng: random.Random, cot: bool) -> Target | None:
     think = f"{seed.steps}\nThe answer is {seed.final}: option {letter}." if cot else None
     completion = f"{_worked(seed)}\nAnswer: {letter}"
     target = Target("mcq", f"Q: {question}\nAnswer: {letter}", think, question, completion)
-    return _checked(target, question, letter)
+    return _checked(target, prompt=question, completion=letter)
 
 
 def tfq_target(seed: Seed, rng: random.Random, label: bool, cot: bool) -> Target | None:
@@ -497,20 +494,20 @@ def tfq_target(seed: Seed, rng: random.Random, label: bool, cot: bool) -> Target
     target = Target(
         "tfq", f"{statement}\nAnswer: {verdict}", think, f"True or false? {statement}", completion
     )
-    return _checked(target, statement, verdict)
+    return _checked(target, prompt=statement, completion=verdict)
 
 
 def paragraph_target(seed: Seed) -> Target | None:
     """The completion as one paragraph."""
     text = _paragraph(seed.completion)
-    return _checked(Target("paragraph", text, None, seed.prompt, text), "", "")
+    return _checked(Target("paragraph", text, None, seed.prompt, text), text=text)
 
 
 def cs_target(seed: Seed) -> Target | None:
     """`C:` the seed's category, `S:` its completion as one paragraph."""
     text = _paragraph(seed.completion)
     target = Target("cs", f"C: {seed.category}\nS: {text}", None, seed.prompt, text)
-    return _checked(target, seed.category or "", text)
+    return _checked(target, prompt=seed.category or "", completion=text)
 
 
 def supported_tasks(seed: Seed) -> list[str]:
@@ -538,13 +535,16 @@ def build_target(
 
 
 def merge_targets(first: Target, second: Target) -> Target | None:
-    """Two qa targets as one: questions and answers numbered 1. and 2.; thinks likewise."""
+    """Two qa targets as one: questions and answers numbered 1. and 2.; thinks likewise.
+
+    The merged target has no pair of its own: its members are variants of the two targets.
+    """
     one, two = task_parts(first.answer, "qa"), task_parts(second.answer, "qa")
     question = f"1. {one['prompt']}\n2. {two['prompt']}"
     reply = f"1. {one['completion']}\n2. {two['completion']}"
     thinks = [f"{n}. {t.think}" for n, t in enumerate((first, second), 1) if t.think]
     merged = Target("qa", f"Q: {question}\nA: {reply}", "\n".join(thinks) or None, "", "")
-    return _checked(merged, question, reply)
+    return _checked(merged, prompt=question, completion=reply)
 
 
 # ---------------------------------------------------------------------------- similar seeds
@@ -603,7 +603,8 @@ def similar_pairs(
 ) -> list[tuple[int, int, float]]:
     """Up to `count` disjoint pairs of seed indices (with their cosine similarity).
 
-    A seeded sample of `count * 2 * pool_factor` seeds is embedded; visited in a seeded random
+    A seeded sample of `count * 2 * pool_factor` seeds is embedded by the start of their
+    prompts (what a seed is about; shorter texts embed faster). Visited in a seeded random
     order, each unpaired seed is paired with its nearest unpaired neighbour among its ten
     nearest, when their similarity reaches `min_similarity`.
     """
@@ -611,7 +612,7 @@ def similar_pairs(
     if count == 0 or size < 2:
         return []
     pool = sorted(rng.sample(range(len(seeds)), size))
-    texts = [f"{seeds[i].prompt}\n{seeds[i].completion}"[:_EMBED_CHARS] for i in pool]
+    texts = [seeds[i].prompt[:_EMBED_CHARS] for i in pool]
     vectors = np.asarray(embedder.encode(texts), dtype=np.float32)
     neighbours = nearest_neighbours(vectors, _NEIGHBOURS)
     taken: set[int] = set()
@@ -752,9 +753,11 @@ def make_plans(
     """Every record's plan, in a seeded random order, at most `max_examples` of them."""
     rng = random.Random(cfg.seed)
     order = rng.sample(list(seeds), len(seeds))
-    if cfg.max_examples is not None:
-        order = order[: math.ceil(cfg.max_examples * (1 + cfg.cross_topic_fraction))]
     report = PlanReport()
+    if cfg.max_examples is not None:
+        wanted = math.ceil(cfg.max_examples * (1 + cfg.cross_topic_fraction))
+        report.skipped["over_max_examples"] += max(0, len(order) - wanted)
+        order = order[:wanted]
     merged, used = merged_plans(order, cfg, embedder, rng, report)
     taken = Counter(qa=len(merged))
     singles = single_plans(
@@ -763,7 +766,8 @@ def make_plans(
     plans = merged + singles
     rng.shuffle(plans)
     if cfg.max_examples is not None and len(plans) > cfg.max_examples:
-        report.skipped["over_max_examples"] += len(plans) - cfg.max_examples
+        cut = plans[cfg.max_examples :]
+        report.skipped["over_max_examples"] += sum(len(plan.target_ids) for plan in cut)
         plans = plans[: cfg.max_examples]
     return plans, report
 
@@ -846,9 +850,12 @@ def llm_variants(
     """Variants written by the degrader model, by slot; failures are counted, not returned."""
     report = LlmReport(generator.name, requested=len(slots))
     params = GenParams(
-        max_new_tokens=cfg.llm_max_new_tokens, temperature=cfg.llm_temperature, seed=cfg.seed
+        max_new_tokens=cfg.llm_max_new_tokens,
+        temperature=cfg.llm_temperature,
+        seed=cfg.seed,
+        assistant_prefix=cfg.llm_prefix,
     )
-    batch = cfg.degrader.batch_size if cfg.degrader else 16
+    batch = (cfg.degrader or BackendConfig()).batch_size
     written: dict[Slot, Variant] = {}
     budget_spent = False
     with progress("mixture: model degradations", len(slots), unit="variant") as advance:
@@ -978,7 +985,7 @@ def make_records(
             variants = members_of(plan, slots[plan.id], written, cfg)
             advance()
             if len(variants) < cfg.min_size:
-                plan_report.skipped["too_few_variants"] += 1
+                plan_report.skipped["too_few_variants"] += len(plan.target_ids)
                 continue
             uses.update(name for v in variants for name in v.operators)
             records.append(to_record(plan, variants))
