@@ -55,6 +55,9 @@ def main_options(
 
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if not verbose:  # libraries' own chatter (model loading, faiss builds, HTTP lines)
+        for name in ("sentence_transformers", "faiss", "httpx", "transformers"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     progress.set_enabled(not quiet)
     _state["verbose"] = verbose
 
