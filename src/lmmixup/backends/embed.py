@@ -59,6 +59,7 @@ class Embedder:
                         batch_size=batch_size,
                         normalize_embeddings=True,
                         convert_to_numpy=True,
+                        show_progress_bar=False,
                     )
                 )
                 advance(len(part))
