@@ -24,11 +24,15 @@ app.add_typer(config_app, name="config")
 
 def _register_subcommands() -> None:
     """Command groups that live in lmmixup.commands (each keeps its heavy imports inside)."""
+    from lmmixup.commands.evaluate import eval_app
     from lmmixup.commands.mixture import mixture_app
     from lmmixup.commands.rewards import rewards_app
+    from lmmixup.commands.train import train_app
 
     app.add_typer(mixture_app, name="mixture")
     app.add_typer(rewards_app, name="rewards")
+    app.add_typer(train_app, name="train")
+    app.add_typer(eval_app, name="eval")
 
 
 _register_subcommands()

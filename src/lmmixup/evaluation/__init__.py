@@ -1,0 +1,1 @@
+"""Evaluating what the pipeline produces: the distiller on held-out MIXTURE data (SPEC stage 9)."""
