@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -18,6 +20,7 @@ from lmmixup.rewards import RewardStats
 from lmmixup.training.common import (
     FINAL_DIR,
     IGNORE_INDEX,
+    StepLog,
     compact_lm_head_on_cpu,
     prompt_ids,
     read_steps,
@@ -173,6 +176,20 @@ def test_sft_collated_batch_masks_prompt_and_ends_on_eos(tiny_llama, mixture_dir
         assert tokenizer.decode(ids[:first]).endswith("<|im_start|>assistant\n")
 
 
+def test_full_fine_tune_saves_the_trained_weights(tiny_llama, mixture_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    from lmmixup.training.sft import train_sft
+
+    overrides = {"max_steps": 1, "lora": {"enabled": False}, "warmup_ratio": 0.0}
+    cfg = SFTTrainConfig(**sft_config(tiny_llama, mixture_dir, tmp_path, **overrides))
+    assert train_sft(cfg)["global_step"] == 1
+    before = load_file(tiny_llama / "model.safetensors")
+    after = load_file(tmp_path / FINAL_DIR / "model.safetensors")
+    assert before.keys() == after.keys()
+    assert any(not (before[name] == after[name]).all() for name in before)
+
+
 def test_sft_resumes_from_the_checkpoint(sft_run):
     out, first_output, second_output = sft_run
     summary = json.loads((out / "summary.json").read_text())
@@ -199,6 +216,24 @@ def test_sft_loss_is_finite_and_final_model_generates(sft_run):
     model = HFChatModel(str(final))
     reply = model.generate([prompt_messages(mixture_record(0, "sft"))], GenParams(max_new_tokens=4))
     assert reply[0].ok and reply[0].completion_tokens > 0
+
+
+def test_step_log_resumes_cleanly_and_times_the_parts(tmp_path):
+    path = tmp_path / "steps.jsonl"
+    path.write_text('{"step": 1, "loss": 1.0}\n{"step": 2, "loss": 0.9}\n{"step": 3, "lo')
+    spent = [5.0]
+    log = StepLog(path, {"reward": lambda: spent[0]})
+    state = SimpleNamespace(global_step=2, epoch=0.5)
+    log.on_train_begin(None, state, None)  # resumed at step 2: step 3 and the cut line go
+    log.on_step_begin(None, state, None)
+    spent[0] += 0.25
+    state.global_step = 3
+    log.on_step_end(None, state, None)
+    log.on_log(None, state, None, logs={"loss": 0.8})
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [line["step"] for line in lines] == [1, 2, 3]
+    assert lines[-1]["reward_seconds"] == 0.25 and lines[-1]["loss"] == 0.8
+    assert lines[-1]["reward_fraction"] == pytest.approx(0.25 / lines[-1]["step_seconds"])
 
 
 # ---------------------------------------------------------------------------- GRPO
@@ -247,3 +282,18 @@ def test_grpo_without_a_quality_library_is_a_clear_error(tmp_path):
         load_reward_set(RewardSettings(), require_quality=True)
     with pytest.raises(LmmixupError, match="build-library"):
         load_reward_set(RewardSettings(quality_library=str(tmp_path)), require_quality=True)
+
+
+def test_example_recipe_configs_are_valid():
+    from lmmixup.commands.train import load_section
+    from lmmixup.config import load_config
+    from lmmixup.evaluation.distiller import EvalDistillerConfig
+    from lmmixup.mixture import MixtureConfig
+
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    recipe = examples / "train_distiller.yaml"
+    assert load_section(SFTTrainConfig, recipe, "sft", ["max_steps=2"]).max_steps == 2
+    grpo = load_section(GRPOTrainConfig, recipe, "grpo", [])
+    evaluation = load_section(EvalDistillerConfig, recipe, "eval", [])
+    assert grpo.rewards == evaluation.rewards and grpo.model == "runs/distiller/sft/final"
+    assert load_config(MixtureConfig, examples / "mixture_small.yaml").max_size == 3

@@ -21,7 +21,7 @@ from pydantic import Field
 
 from lmmixup.config import DEFAULT_LM, Section
 from lmmixup.errors import LmmixupError
-from lmmixup.io import dumps, read_records
+from lmmixup.io import dumps, iter_jsonl, read_records
 from lmmixup.mixture import prompt_messages, target_text
 
 FINAL_DIR = "final"
@@ -311,7 +311,7 @@ class StepLog:
     `clocks` maps a part's name (e.g. "reward") to a function returning the seconds spent in
     it so far; a logged line gets the latest step's `step_seconds`, `{name}_seconds` and
     `{name}_fraction` (of `step_seconds`). On a resumed run, lines past the checkpoint's step
-    are dropped first, so the file never holds a step twice.
+    are dropped first, so the file never holds a step twice (nor a line cut by a crash).
     """
 
     def __init__(self, path: str | Path, clocks: Mapping[str, Callable[[], float]] | None = None):
@@ -324,11 +324,11 @@ class StepLog:
     def on_train_begin(self, args, state, control, **kwargs):
         if self.path.exists():
             kept = [
-                line
-                for line in self.path.read_text(encoding="utf-8").splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= state.global_step
+                line.raw
+                for line in iter_jsonl(self.path)
+                if line.error is None and line.value.get("step", 0) <= state.global_step
             ]
-            self.path.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
+            self.path.write_text("".join(f"{raw}\n" for raw in kept), encoding="utf-8")
 
     def on_step_begin(self, args, state, control, **kwargs):
         self._started = time.perf_counter()
