@@ -1,5 +1,6 @@
-"""What SFT and GRPO share: settings, MIXTURE rows, LoRA, precision, checkpoints, the final
-save and the per-step JSONL log.
+"""What SFT, GRPO and the downstream fine-tune share: settings, MIXTURE rows, prompt/completion
+tokenisation, the supervised trainer, LoRA, precision, checkpoints, the final save and the
+per-step JSONL log.
 
 Prompts are rendered exactly as `HFChatModel` renders them at inference (chat template with the
 generation prompt, then tokenised without special tokens), so the distiller is trained on the
@@ -49,14 +50,11 @@ class LoraSettings(Section):
     )
 
 
-class TrainSettings(Section):
-    """Keys every training command has: the model, the data, where to write, how long, how to save."""
+class BaseTrainSettings(Section):
+    """Keys every training command has: the model, where to write, how long, how to save."""
 
     model: str = Field(
         DEFAULT_LM, description="Starting model: a local checkpoint or a bundled name."
-    )
-    mixture: str = Field(
-        "mixture", description="MIXTURE folder written by `lmmixup mixture build`."
     )
     output_dir: str = Field(
         "runs/distiller",
@@ -104,6 +102,14 @@ class TrainSettings(Section):
         return lora_default if self.lora.enabled else full_default
 
 
+class TrainSettings(BaseTrainSettings):
+    """Distiller training (SFT, GRPO): the common keys plus the MIXTURE folder it reads."""
+
+    mixture: str = Field(
+        "mixture", description="MIXTURE folder written by `lmmixup mixture build`."
+    )
+
+
 # ---------------------------------------------------------------------------- MIXTURE rows
 
 
@@ -124,18 +130,27 @@ def prompt_ids(tokenizer: Any, messages: list[dict]) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def sft_example(record: dict, tokenizer: Any) -> dict[str, list[int]]:
-    """Tokens and labels of one SFT record: the prompt masked, the target plus EOS supervised.
+def completion_example(
+    tokenizer: Any, messages: list[dict], completion: str
+) -> dict[str, list[int]]:
+    """Tokens and labels of a chat prompt and its reply: the prompt masked, the reply plus EOS
+    supervised.
 
-    The target is `mixture.target_text(record)` tokenised on its own, followed by the
-    tokenizer's EOS token, so the model learns to stop right after `</answer>`.
+    The prompt is rendered as `prompt_ids` renders it; the reply is tokenised on its own and
+    followed by the tokenizer's EOS token, so the model learns to stop right after it.
     """
     if tokenizer.eos_token_id is None:
-        raise LmmixupError("the tokenizer has no EOS token; SFT targets must end with one")
-    prompt = prompt_ids(tokenizer, prompt_messages(record))
-    target = tokenizer(target_text(record), add_special_tokens=False)["input_ids"]
+        raise LmmixupError("the tokenizer has no EOS token; training targets must end with one")
+    prompt = prompt_ids(tokenizer, messages)
+    target = tokenizer(completion, add_special_tokens=False)["input_ids"]
     target.append(tokenizer.eos_token_id)
     return {"input_ids": prompt + target, "labels": [IGNORE_INDEX] * len(prompt) + target}
+
+
+def sft_example(record: dict, tokenizer: Any) -> dict[str, list[int]]:
+    """Tokens and labels of one SFT record: the cluster prompt masked, `mixture.target_text(record)`
+    plus EOS supervised (so the model stops right after `</answer>`)."""
+    return completion_example(tokenizer, prompt_messages(record), target_text(record))
 
 
 def grpo_row(record: dict) -> dict[str, Any]:
@@ -239,6 +254,40 @@ def compact_lm_head_on_cpu() -> None:
     trl_utils._use_triton = use_compact
 
 
+def supervised_trainer(
+    cfg: BaseTrainSettings, model: Any, tokenizer: Any, rows: Rows, learning_rate: float
+):
+    """TRL's SFTTrainer on tokenised rows (`input_ids`, `labels`: the loss covers the labelled
+    tokens only), with the steps logged to OUTPUT/steps.jsonl.
+
+    Besides the common keys, `cfg` gives epochs, warmup_ratio, weight_decay, lr_scheduler,
+    batch_size, gradient_accumulation_steps and max_length (`lmmixup train sft` and
+    `lmmixup finetune` both have them).
+    """
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    compact_lm_head_on_cpu()
+    args = SFTConfig(
+        **trainer_arguments(cfg, learning_rate),
+        num_train_epochs=cfg.epochs,
+        warmup_steps=cfg.warmup_ratio,
+        weight_decay=cfg.weight_decay,
+        lr_scheduler_type=cfg.lr_scheduler,
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        max_length=cfg.max_length,
+    )
+    return SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(rows.rows),
+        processing_class=tokenizer,
+        peft_config=lora_config(cfg.lora),
+        callbacks=[step_logger(f"{cfg.output_dir}/{STEPS_FILE}")],
+    )
+
+
 def precision_flags(dtype: str) -> dict[str, bool]:
     """Trainer mixed-precision flags for the configured dtype, chosen like `pick_dtype`."""
     import torch
@@ -254,7 +303,7 @@ def report_targets() -> list[str]:
     return ["tensorboard"] if importlib.util.find_spec("tensorboard") else []
 
 
-def trainer_arguments(cfg: TrainSettings, learning_rate: float) -> dict[str, Any]:
+def trainer_arguments(cfg: BaseTrainSettings, learning_rate: float) -> dict[str, Any]:
     """The TRL/transformers arguments both trainers take from the shared settings."""
     import torch
 
@@ -373,12 +422,24 @@ def mean_step_seconds(steps: list[dict]) -> float | None:
     return sum(times) / len(times) if times else None
 
 
+def last_loss(steps: list[dict]) -> float | None:
+    """The training loss of the last logged step, None when no loss was logged."""
+    losses = [line["loss"] for line in steps if "loss" in line]
+    return losses[-1] if losses else None
+
+
 # ---------------------------------------------------------------------------- a run
 
 
-def run_training(trainer: Any, tokenizer: Any, cfg: TrainSettings, rows: Rows) -> dict[str, Any]:
+def run_training(
+    trainer: Any,
+    tokenizer: Any,
+    cfg: BaseTrainSettings,
+    rows: Rows,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """Train (resuming from the newest checkpoint in the output folder), save the final model,
-    and write `summary.json`; returns the summary.
+    and write `summary.json` (with the command's `extra` keys); returns the summary.
 
     Re-running the same command therefore continues an interrupted run; a run that already
     reached `max_steps` only saves its final model again.
@@ -389,6 +450,7 @@ def run_training(trainer: Any, tokenizer: Any, cfg: TrainSettings, rows: Rows) -
     seconds = time.perf_counter() - started
     model = trainer.accelerator.unwrap_model(trainer.model)
     final = save_final(model, tokenizer, Path(cfg.output_dir) / FINAL_DIR)
+    steps = read_steps(cfg.output_dir)
     summary = {
         "final": str(final),
         "global_step": trainer.state.global_step,
@@ -396,7 +458,9 @@ def run_training(trainer: Any, tokenizer: Any, cfg: TrainSettings, rows: Rows) -
         "rows": len(rows.rows),
         "too_long": rows.too_long,
         "seconds": round(seconds, 2),
-        "mean_step_seconds": mean_step_seconds(read_steps(cfg.output_dir)),
+        "mean_step_seconds": mean_step_seconds(steps),
+        "loss": last_loss(steps),
+        **(extra or {}),
         "config": cfg.model_dump(mode="json"),
     }
     path = Path(cfg.output_dir) / SUMMARY_FILE

@@ -19,18 +19,14 @@ from typing import Any, Literal
 from pydantic import Field
 
 from lmmixup.training.common import (
-    STEPS_FILE,
     Rows,
     TrainSettings,
-    compact_lm_head_on_cpu,
     fitting_rows,
     load_model_and_tokenizer,
-    lora_config,
     read_split,
     run_training,
     sft_example,
-    step_logger,
-    trainer_arguments,
+    supervised_trainer,
 )
 
 LORA_LEARNING_RATE = 2e-4
@@ -76,33 +72,10 @@ def sft_rows(cfg: SFTTrainConfig, tokenizer: Any) -> Rows:
 
 def build_sft_trainer(cfg: SFTTrainConfig):
     """The SFTTrainer, its tokenizer and its rows, ready to train."""
-    from datasets import Dataset
-    from trl import SFTConfig, SFTTrainer
-
-    compact_lm_head_on_cpu()
     model, tokenizer = load_model_and_tokenizer(cfg.model)
     rows = sft_rows(cfg, tokenizer)
-    args = SFTConfig(
-        **trainer_arguments(
-            cfg, cfg.resolved_learning_rate(LORA_LEARNING_RATE, FULL_LEARNING_RATE)
-        ),
-        num_train_epochs=cfg.epochs,
-        warmup_steps=cfg.warmup_ratio,
-        weight_decay=cfg.weight_decay,
-        lr_scheduler_type=cfg.lr_scheduler,
-        per_device_train_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        max_length=cfg.max_length,
-    )
-    trainer = SFTTrainer(
-        model=model,
-        args=args,
-        train_dataset=Dataset.from_list(rows.rows),
-        processing_class=tokenizer,
-        peft_config=lora_config(cfg.lora),
-        callbacks=[step_logger(f"{cfg.output_dir}/{STEPS_FILE}")],
-    )
-    return trainer, tokenizer, rows
+    learning_rate = cfg.resolved_learning_rate(LORA_LEARNING_RATE, FULL_LEARNING_RATE)
+    return supervised_trainer(cfg, model, tokenizer, rows, learning_rate), tokenizer, rows
 
 
 def train_sft(cfg: SFTTrainConfig) -> dict[str, Any]:
