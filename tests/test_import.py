@@ -151,10 +151,44 @@ def test_filters_sample_and_limit(tmp_path):
     assert len(limited) == 4
 
 
-def test_builtin_gsm8k_source(tmp_path):
-    pool, rejects = _import(tmp_path, "gsm8k")
-    assert len(pool) == 1319 and not rejects
+def test_builtin_gsm8k_source_skips_the_evaluation_rows(tmp_path):
+    from lmmixup.evalsuite import gsm8k_reserved_rows, gsm8k_rows
+
+    out = tmp_path / "pool.jsonl"
+    result = import_pool(["gsm8k"], out, ImportConfig())
+    pool = read_records(out)
+    reserved = gsm8k_reserved_rows()
+    assert result.reserved_for_eval == len(reserved) and result.rejected == 0
+    assert len(pool) == 1319 - len(reserved)
     assert all(r["source"] == "gsm8k" and "####" in r["completion"] for r in pool)
+    questions = {r["prompt"] for r in pool}
+    assert not questions & {row["question"] for row in gsm8k_rows(reserved)}
+
+
+def test_holdout_is_seeded_disjoint_and_complete(tmp_path):
+    path = _write_lines(
+        tmp_path / "in.jsonl",
+        [
+            json.dumps({"prompt": f"question {i}", "completion": f"answer {i}"}).encode()
+            for i in range(40)
+        ],
+    )
+    out = tmp_path / "pool.jsonl"
+    result = import_pool([str(path)], out, ImportConfig(holdout_fraction=0.25, seed=3))
+    pool, held = read_records(out), read_records(result.heldout)
+    assert (result.kept, result.held_out) == (
+        30,
+        10,
+    ) and result.heldout.name == "pool.heldout.jsonl"
+    assert {r["id"] for r in pool}.isdisjoint(r["id"] for r in held)
+    again = import_pool(
+        [str(path)], tmp_path / "again.jsonl", ImportConfig(holdout_fraction=0.25, seed=3)
+    )
+    assert read_records(again.heldout) == held
+    capped = import_pool(
+        [str(path)], tmp_path / "cap.jsonl", ImportConfig(holdout_fraction=0.5, holdout_max=4)
+    )
+    assert capped.held_out == 4 and capped.kept == 36
 
 
 @pytest.mark.slow

@@ -74,7 +74,16 @@ class ImportConfig(Section):
     limit: int | None = Field(
         None, ge=1, description="Keep at most the first N rows (after sampling)."
     )
-    seed: int = Field(0, description="Seed for sampling.")
+    holdout_fraction: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="Set aside this fraction of the imported rows (seeded) as heldout.jsonl: never rated, clustered or selected; `lmmixup experiment` evaluates on it.",
+    )
+    holdout_max: int | None = Field(
+        None, ge=1, description="At most this many held-out rows (null = no cap)."
+    )
+    seed: int = Field(0, description="Seed for sampling and the hold-out split.")
 
 
 class BackendConfig(Section):

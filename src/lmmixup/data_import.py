@@ -12,7 +12,7 @@ from lmmixup.config import ImportConfig, SourceSpec
 from lmmixup.io import reject_record, write_records
 from lmmixup.progress import progress
 from lmmixup.records import BadRow, normalise_row
-from lmmixup.sources import default_source_name, iter_source
+from lmmixup.sources import default_source_name, iter_source, reserved_lines
 
 
 @dataclass
@@ -21,7 +21,10 @@ class ImportResult:
 
     output: Path
     rejects: Path
+    heldout: Path | None = None
     kept: int = 0
+    held_out: int = 0
+    reserved_for_eval: int = 0
     rejected: int = 0
     filtered: int = 0
     dropped_by_limit: int = 0
@@ -31,6 +34,8 @@ class ImportResult:
     def counts(self) -> dict:
         return {
             "kept": self.kept,
+            "held_out": self.held_out,
+            "reserved_for_eval": self.reserved_for_eval,
             "rejected": self.rejected,
             "filtered_by_length": self.filtered,
             "dropped_by_limit": self.dropped_by_limit,
@@ -74,10 +79,14 @@ def import_pool(
     for source in sources:
         name, lines = iter_source(source.path)
         default_source = default_source_name(source.path)
+        reserved = reserved_lines(source.path)
         from_source: list[dict] = []
         with progress(f"import {Path(name).name}", total=None) as advance:
             for line in lines:
                 advance()
+                if line.number in reserved:
+                    result.reserved_for_eval += 1
+                    continue
                 try:
                     if line.error is not None:
                         raise BadRow(line.error)
@@ -102,10 +111,31 @@ def import_pool(
     if cfg.limit is not None:
         result.dropped_by_limit += max(0, len(kept) - cfg.limit)
         kept = kept[: cfg.limit]
+    kept, heldout = _hold_out(kept, cfg)
+    if cfg.holdout_fraction:
+        result.heldout = heldout_path(output)
+        result.held_out = write_records(result.heldout, heldout)
     result.kept = write_records(output, kept)
     result.rejected = write_records(rejects_path, bad)
     result.per_source = Counter(record["source"] for record in kept)
     return result
+
+
+def heldout_path(pool: Path) -> Path:
+    """Where the held-out rows of an import into `pool` go."""
+    return pool.with_name(pool.name.removesuffix(".jsonl") + ".heldout.jsonl")
+
+
+def _hold_out(records: list[dict], cfg: ImportConfig) -> tuple[list[dict], list[dict]]:
+    """(rows kept for the pool, seeded held-out rows), both in their original order."""
+    size = round(len(records) * cfg.holdout_fraction)
+    if cfg.holdout_max is not None:
+        size = min(size, cfg.holdout_max)
+    held = set(random.Random(f"holdout-{cfg.seed}").sample(range(len(records)), size))
+    return (
+        [r for i, r in enumerate(records) if i not in held],
+        [r for i, r in enumerate(records) if i in held],
+    )
 
 
 def _sample(records: list[dict], size: int | None, seed: int, result: ImportResult) -> list[dict]:

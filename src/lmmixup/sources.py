@@ -42,6 +42,16 @@ BUILTIN_SOURCES = {
 }
 
 
+def reserved_lines(source: str) -> frozenset[int]:
+    """1-based lines of a built-in source that the offline evaluation suite uses: importing
+    them would put test questions into training sets, so the importer skips them."""
+    if source != "gsm8k":
+        return frozenset()
+    from lmmixup.evalsuite import gsm8k_reserved_rows
+
+    return frozenset(row + 1 for row in gsm8k_reserved_rows())
+
+
 def builtin_path(name: str) -> Path:
     """The file behind a built-in source name, or a clear error saying what to install."""
     source = BUILTIN_SOURCES[name]
