@@ -25,7 +25,11 @@ app.add_typer(config_app, name="config")
 def _register_subcommands() -> None:
     """Command groups that live in lmmixup.commands (each keeps its heavy imports inside)."""
     from lmmixup.commands.evaluate import eval_app
+    from lmmixup.commands.experiment import experiment_app
+    from lmmixup.commands.finetune import finetune_app
     from lmmixup.commands.mixture import mixture_app
+    from lmmixup.commands.report import EPILOG as REPORT_EPILOG
+    from lmmixup.commands.report import report
     from lmmixup.commands.rewards import rewards_app
     from lmmixup.commands.train import train_app
 
@@ -33,6 +37,9 @@ def _register_subcommands() -> None:
     app.add_typer(rewards_app, name="rewards")
     app.add_typer(train_app, name="train")
     app.add_typer(eval_app, name="eval")
+    app.registered_commands += finetune_app.registered_commands  # finetune, decontaminate
+    app.registered_commands += experiment_app.registered_commands
+    app.command("report", epilog=REPORT_EPILOG)(report)
 
 
 _register_subcommands()
@@ -144,10 +151,14 @@ def data_import(
     result = import_pool(sources, output, cfg, rejects)
     _echo(f"kept {result.kept:,} rows -> {result.output}")
     _echo(f"rejected {result.rejected:,} rows -> {result.rejects}")
+    if result.heldout:
+        _echo(f"held out {result.held_out:,} rows -> {result.heldout}")
     if result.filtered or result.dropped_by_limit:
         _echo(
             f"filtered by length {result.filtered:,}; left out by sample/limit {result.dropped_by_limit:,}"
         )
+    if result.reserved_for_eval:
+        _echo(f"skipped {result.reserved_for_eval:,} rows the evaluation suite uses")
     for reason, count in result.reject_reasons.most_common(5):
         _echo(f"  {count:,} x {reason}")
 
@@ -572,6 +583,7 @@ def _print_summary(summary: dict) -> None:
     console.print("rejects: " + ", ".join(rejects))
     console.print(f"manifests: {summary['run_dir']}/<stage>/manifest.json")
     console.print(f"every output: {Path(summary['run_dir']) / 'summary.json'}")
+    console.print(f"report: {summary['report']}")
 
 
 def main() -> None:

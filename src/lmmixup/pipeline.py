@@ -44,6 +44,8 @@ def _import_body(stage: StageDir, cfg: RunConfig, _: dict[str, Outputs]) -> None
         cfg.import_.sources, stage.file("pool.jsonl"), cfg.import_, stage.file("rejects.jsonl")
     )
     stage.counts.update(result.counts())
+    if result.heldout is None:  # the file is there whenever the stage is done
+        stage.file("pool.heldout.jsonl").write_text("")
 
 
 def _rate_into(stage: StageDir, pool: Path, rate_cfg) -> dict:
@@ -136,7 +138,7 @@ STAGES: list[PipelineStage] = [
         ("import_",),
         _import_inputs,
         _import_body,
-        {"pool": "pool.jsonl", "rejects": "rejects.jsonl"},
+        {"pool": "pool.jsonl", "heldout": "pool.heldout.jsonl", "rejects": "rejects.jsonl"},
     ),
     PipelineStage(
         "rate",
@@ -226,7 +228,11 @@ def run_pipeline(cfg: RunConfig, run_dir: str | Path, force: bool = False) -> di
             for key, path in files.items()
         },
     }
+    from lmmixup.report import REPORT_FILE, write_report
+
+    summary["report"] = str(run_dir / REPORT_FILE)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_report(run_dir)  # after summary.json: a report error loses none of the run's files
     return summary
 
 
