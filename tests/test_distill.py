@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from lmmixup.backends.base import Generation
 from lmmixup.config import DistillConfig
 from lmmixup.distill import (
+    GENERATION_ERROR,
     TRUNCATION_MARKER,
     ParsedOutput,
     answer_to_pair,
@@ -386,6 +387,28 @@ def test_distill_clusters_resumes_at_cluster_granularity(tmp_path, monkeypatch):
     assert (second["distilled"], second["reject_reasons"]) == (1, {"unparsable": 1})
     assert generator.calls == [2]
     assert len(read_records(rejects)) == 1
+
+
+def test_failed_generations_are_retried_on_the_next_run(tmp_path, monkeypatch):
+    failing = ScriptedGenerator(
+        {
+            "capital of France": Generation("", "error", error="HTTP 500"),
+            "Name a prime": Generation("I am not sure what to do.", "stop"),
+        }
+    )
+    working = _fixture_generator()
+    generators = iter([failing, working])
+    monkeypatch.setattr("lmmixup.backends.load_generator", lambda cfg, cache: next(generators))
+    monkeypatch.setattr("lmmixup.backends.embed.load_embedder", lambda name: ConstantEmbedder())
+    clusters, pool = _write_inputs(tmp_path)
+    out, rejects = tmp_path / "distilled.jsonl", tmp_path / "rejects.jsonl"
+    first = distill_clusters(clusters, pool, out, rejects, CFG)
+    assert first["reject_reasons"] == {GENERATION_ERROR: 1, "unparsable": 1}
+
+    second = distill_clusters(clusters, pool, out, rejects, CFG)
+    assert (second["already_done"], second["written"], second["distilled"]) == (1, 1, 1)
+    assert second["reject_reasons"] == {"unparsable": 1}  # a final reject is not asked again
+    assert working.calls == [1] and read_records(out)[0]["cluster_id"] == "c1"
 
 
 def test_tiny_llama_through_hf_backend(tmp_path, monkeypatch, tiny_llama):

@@ -108,6 +108,32 @@ def test_complete_stage_is_skipped_and_changes_are_refused(tmp_path):
         force=True,
     )
     assert not forced.skipped and len(read_records(tmp_path / "s" / "out.jsonl")) == 4
+    unchanged = run_stage(
+        tmp_path,
+        "s",
+        inputs=[source],
+        config={"a": 1},
+        body=_body_counting(calls, source),
+        force=True,
+    )
+    assert unchanged.skipped  # --force redoes changed stages only
+
+
+def test_follow_inputs_redoes_on_new_inputs_but_still_refuses_a_new_config(tmp_path):
+    source = tmp_path / "in.jsonl"
+    write_records(source, ({"id": str(i)} for i in range(4)))
+    calls: list[int] = []
+
+    def run(config, **flags):
+        body = _body_counting(calls, source)
+        return run_stage(tmp_path, "s", inputs=[source], config=config, body=body, **flags)
+
+    run({"a": 1}, follow_inputs=True)
+    write_records(source, ({"id": str(i)} for i in range(6)))  # an earlier stage was redone
+    redone = run({"a": 1}, follow_inputs=True)
+    assert not redone.skipped and len(read_records(tmp_path / "s" / "out.jsonl")) == 3
+    with pytest.raises(StageMismatchError, match=r"config \(a\)"):
+        run({"a": 2}, follow_inputs=True)
 
 
 def test_unfinished_records_are_dropped_and_redone(tmp_path):

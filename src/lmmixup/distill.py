@@ -5,7 +5,7 @@ answers `<think>...</think><answer>...</answer>`; the answer is parsed into a (p
 completion) pair by its task type's layout (`lmmixup.tasks`) and checked for faithfulness
 to the members. Every cluster ends as one distilled record or one reject with its reason:
 
-- generation_error: the backend failed on this cluster;
+- generation_error: the backend failed on this cluster (retried on the next run);
 - truncated: the model ran out of tokens (`finish_reason == "length"`) before `</answer>`;
 - unparsable: no closed `<answer>` block;
 - format: the answer does not follow the task type's layout;
@@ -38,6 +38,7 @@ from lmmixup.tasks import task_format, task_parts
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
 TRUNCATION_MARKER = " [...]"
+GENERATION_ERROR = "generation_error"
 PARAGRAPH_PROMPT = "Continue this paragraph: {opening}"
 
 SYSTEM_PROMPT = (
@@ -331,7 +332,7 @@ def _embed(drafts: Sequence[_Draft], embedder: Embedder) -> list[np.ndarray | No
 def _reason(draft: _Draft, faithfulness: Faithfulness) -> str | None:
     """Why a draft is rejected (the first reason in the module doc's order), None when it is kept."""
     if not draft.generation.ok:
-        return "generation_error"
+        return GENERATION_ERROR
     if "truncated" in faithfulness.flags:
         return "truncated"
     if draft.parsed is None:
@@ -482,6 +483,7 @@ def distill_clusters(
         rejects=Path(rejects_path),
         source=str(clusters_path),
         batch_size=cfg.generator.batch_size,
+        retry=lambda reject: reject.get("reason") == GENERATION_ERROR,
         total=len(clusters),
         description="distill",
     )

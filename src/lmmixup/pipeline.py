@@ -96,7 +96,7 @@ def _cluster_body(stage: StageDir, cfg: RunConfig, outputs: dict[str, Outputs]) 
 
 def _distill_body(stage: StageDir, cfg: RunConfig, outputs: dict[str, Outputs]) -> None:
     from lmmixup.cache import CallCache
-    from lmmixup.distill import distill_clusters
+    from lmmixup.distill import GENERATION_ERROR, distill_clusters
 
     counts = distill_clusters(
         outputs["cluster"]["clusters"],
@@ -107,6 +107,9 @@ def _distill_body(stage: StageDir, cfg: RunConfig, outputs: dict[str, Outputs]) 
         CallCache(),
     )
     stage.counts.update(counts)
+    failed = counts["reject_reasons"].get(GENERATION_ERROR, 0)
+    if failed:
+        stage.partial = f"{failed} clusters failed in the distiller; re-run to retry them"
 
 
 def _rerate_body(stage: StageDir, cfg: RunConfig, outputs: dict[str, Outputs]) -> None:
@@ -207,6 +210,7 @@ def run_pipeline(cfg: RunConfig, run_dir: str | Path, force: bool = False) -> di
             config={name: result_config(getattr(cfg, name)) for name in stage.sections},
             body=lambda stage_dir, stage=stage: stage.body(stage_dir, cfg, outputs),
             force=force,
+            follow_inputs=True,
         )
         outputs[stage.name] = {key: result.path / name for key, name in stage.outputs.items()}
         results.append(result)

@@ -5,7 +5,10 @@ A stage is a folder under the run directory with its outputs, its rejects and a
 - complete + same config and inputs  -> skipped;
 - running (interrupted) or partial    -> resumed: per-record outputs continue after the last
   (e.g. failed ratings) + same            flushed batch, never duplicating a record;
-- different config or inputs          -> refused with the differences, unless `force`.
+- different config or inputs          -> refused with the differences, unless `force`
+                                          (which redoes only such changed stages);
+- inside `lmmixup run`, inputs changed because an earlier stage of the same run was redone
+  or resumed (config unchanged)        -> redone: the user already asked for that change.
 
 Per-record work is a function over a batch of records (`BatchFn`) so that the same function
 can run under a distributed executor (e.g. Ray Data's `map_batches`) unchanged.
@@ -91,25 +94,28 @@ def _fingerprint(inputs: Iterable[Path], config: dict) -> dict:
     }
 
 
-def _check_same(manifest: dict, fingerprint: dict, name: str) -> None:
-    changes = []
+def _changes(manifest: dict, fingerprint: dict) -> tuple[list[str], list[str]]:
+    """(changed config keys, names of changed input files) between a manifest and now."""
+    keys = []
     if manifest.get("config_hash") != fingerprint["config_hash"]:
-        keys = _diff(manifest.get("config", {}), fingerprint["config"])
-        changes.append("config (" + ", ".join(keys[:6] or ["?"]) + ")")
+        keys = _diff(manifest.get("config", {}), fingerprint["config"]) or ["?"]
+    files = []
     if manifest.get("inputs") != fingerprint["inputs"]:
-        changed = [
-            p
-            for p in fingerprint["inputs"]
-            if manifest.get("inputs", {}).get(p) != fingerprint["inputs"][p]
-        ]
-        changes.append(
-            "inputs (" + ", ".join(Path(p).name for p in changed[:4] or ["set of files"]) + ")"
-        )
-    if changes:
-        raise StageMismatchError(
-            f"stage '{name}' in {manifest.get('path', '?')} was made with different "
-            f"{' and '.join(changes)}; re-run with --force to redo it"
-        )
+        old = manifest.get("inputs", {})
+        files = [
+            Path(p).name for p in fingerprint["inputs"] if old.get(p) != fingerprint["inputs"][p]
+        ] or ["set of files"]
+    return keys, files
+
+
+def _refusal(name: str, path: Path, keys: list[str], files: list[str]) -> StageMismatchError:
+    what = ([f"config ({', '.join(keys[:6])})"] if keys else []) + (
+        [f"inputs ({', '.join(files[:4])})"] if files else []
+    )
+    return StageMismatchError(
+        f"stage '{name}' in {path} was made with different {' and '.join(what)}; "
+        "re-run with --force to redo it"
+    )
 
 
 def read_manifest(path: Path) -> dict | None:
@@ -138,11 +144,24 @@ def run_stage(
     config: dict,
     body: Callable[[StageDir], None],
     force: bool = False,
+    follow_inputs: bool = False,
 ) -> StageResult:
-    """Run one stage of a run directory with skip / resume / refuse semantics (module doc)."""
+    """Run one stage of a run directory with skip / resume / refuse semantics (module doc).
+
+    `follow_inputs`: redo the stage, without `force`, when only its inputs changed (they are
+    outputs of earlier stages of the same run).
+    """
     stage_path = Path(run_dir) / name
     return _run(
-        stage_path, stage_path / "manifest.json", name, inputs, config, body, force, [stage_path]
+        stage_path,
+        stage_path / "manifest.json",
+        name,
+        inputs,
+        config,
+        body,
+        [stage_path],
+        force=force,
+        follow_inputs=follow_inputs,
     )
 
 
@@ -161,7 +180,7 @@ def run_file_stage(
     output.parent.mkdir(parents=True, exist_ok=True)
     manifest_path = output.with_name(output.name.removesuffix(".jsonl") + ".manifest.json")
     owned = [output, output.with_name(output.name.removesuffix(".jsonl") + ".rejects.jsonl")]
-    return _run(output.parent, manifest_path, name, inputs, config, body, force, owned)
+    return _run(output.parent, manifest_path, name, inputs, config, body, owned, force=force)
 
 
 def _clear(paths: list[Path]) -> None:
@@ -172,17 +191,20 @@ def _clear(paths: list[Path]) -> None:
             path.unlink(missing_ok=True)
 
 
-def _run(stage_path, manifest_path, name, inputs, config, body, force, owned) -> StageResult:
+def _run(
+    stage_path, manifest_path, name, inputs, config, body, owned, *, force, follow_inputs=False
+) -> StageResult:
     fingerprint = _fingerprint([Path(p) for p in inputs], config)
     manifest = read_manifest(manifest_path)
     if manifest is not None:
-        if force:
+        keys, files = _changes(manifest, fingerprint)
+        if keys or files:
+            if not (force or (follow_inputs and not keys)):
+                raise _refusal(name, manifest_path, keys, files)
             _clear([*owned, manifest_path])
             manifest = None
-        else:
-            _check_same({**manifest, "path": manifest_path}, fingerprint, name)
-            if manifest["status"] == "complete":
-                return StageResult(name, stage_path, manifest, skipped=True)
+        elif manifest["status"] == "complete":
+            return StageResult(name, stage_path, manifest, skipped=True)
     stage_path.mkdir(parents=True, exist_ok=True)
     resumed = manifest is not None
     history = manifest.get("history", []) if manifest else []
@@ -217,9 +239,15 @@ def _run(stage_path, manifest_path, name, inputs, config, body, force, owned) ->
     return StageResult(name, stage_path, manifest, skipped=False)
 
 
-def _done_ids(output: Path, rejects: Path, is_done: Callable[[dict], bool], key: str) -> set:
+def _done_ids(
+    output: Path,
+    rejects: Path,
+    is_done: Callable[[dict], bool],
+    key: str,
+    retry: Callable[[dict], bool],
+) -> set:
     done = set(compact_done(output, is_done, key))
-    done |= set(compact_done(rejects, lambda record: True, key))
+    done |= set(compact_done(rejects, lambda record: not retry(record), key))
     return done
 
 
@@ -232,6 +260,7 @@ def process_records(
     source: str,
     batch_size: int = 16,
     is_done: Callable[[dict], bool] = lambda record: True,
+    retry: Callable[[dict], bool] = lambda reject: False,
     key: str = "id",
     total: int | None = None,
     description: str = "records",
@@ -242,10 +271,12 @@ def process_records(
     Records whose key already has a finished output (or a reject) are skipped, so a re-run
     after a crash continues where it stopped. Each batch is flushed to disk before the next
     starts: a kill loses at most the batch in flight. Outputs carrying `REJECT_KEY` go to
-    the rejects file with the input's file and line. `should_stop` is asked after each
+    the rejects file with the input's file and line; a reject for which `retry` is true (e.g.
+    a failed model call) is removed on the next run and its record done again. `should_stop`
+    is asked after each
     batch (e.g. a request budget ran out): the loop then ends with `stopped_early` counted.
     """
-    done = _done_ids(output, rejects, is_done, key)
+    done = _done_ids(output, rejects, is_done, key, retry)
     counts = {"already_done": 0, "written": 0, "rejected": 0, "stopped_early": 0}
     with (
         AppendWriter(output) as out,
