@@ -201,16 +201,20 @@ def test_builtin_sharegpt_recovers_every_complete_conversation(tmp_path):
 
 
 def test_cli_import_exits_zero_and_prints_counts(tmp_path):
-    path = _write_lines(tmp_path / "in.jsonl", [json.dumps(GOOD).encode(), b"{oops"])
+    other = {"prompt": "Name a prime number.", "completion": "Seven is a prime number."}
+    path = _write_lines(
+        tmp_path / "in.jsonl", [json.dumps(GOOD).encode(), b"{oops", json.dumps(other).encode()]
+    )
     out = tmp_path / "out.jsonl"
+    cmd = [sys.executable, "-m", "lmmixup.cli", "-q", "data", "import", str(path), "-o", str(out)]
     done = subprocess.run(
-        [sys.executable, "-m", "lmmixup.cli", "-q", "data", "import", str(path), "-o", str(out)],
-        capture_output=True,
-        text=True,
-        check=False,
+        [*cmd, "--holdout-fraction", "0.5"], capture_output=True, text=True, check=False
     )
     assert done.returncode == 0, done.stderr
     assert "kept 1 rows" in done.stdout and "rejected 1 rows" in done.stdout
+    assert (
+        "held out 1 rows" in done.stdout and len(read_records(tmp_path / "out.heldout.jsonl")) == 1
+    )
     assert (tmp_path / "out.rejects.jsonl").exists()
 
 

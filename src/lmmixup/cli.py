@@ -92,7 +92,8 @@ def _overrides(sets: list[str] | None, **flags: object) -> list[str]:
     "import",
     epilog="Examples:\n\n    lmmixup data import my_pool.jsonl -o pool.jsonl\n\n"
     "    lmmixup data import sharegpt gsm8k -o pool.jsonl --sample 500 --seed 1\n\n"
-    "    lmmixup data import alpaca.json tulu.parquet -o pool.jsonl --max-completion-chars 4000",
+    "    lmmixup data import alpaca.json tulu.parquet -o pool.jsonl --max-completion-chars 4000\n\n"
+    "    lmmixup data import my_pool.jsonl -o pool.jsonl --holdout-fraction 0.05  # + pool.heldout.jsonl",
 )
 def data_import(
     sources: Annotated[
@@ -126,9 +127,16 @@ def data_import(
         int | None, typer.Option(help="Keep a seeded random sample of N rows.")
     ] = None,
     limit: Annotated[int | None, typer.Option(help="Keep at most the first N rows.")] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed for --sample.")] = None,
+    holdout_fraction: Annotated[
+        float | None,
+        typer.Option(help="Set aside this fraction of the rows as OUTPUT.heldout.jsonl."),
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed for --sample and the hold-out.")] = None,
 ) -> None:
     """Read any supported input into pool records (id, prompt, completion, source, meta).
+
+    The built-in `gsm8k` skips the rows the offline evaluation suite uses (lmmixup_gsm8k), so
+    no training set can hold a test question.
 
     Accepted row formats: prompt/completion, Alpaca (instruction/input/output), ShareGPT
     (conversations with from/value), OpenAI/TULU messages (role/content), question/answer.
@@ -145,6 +153,7 @@ def data_import(
         max_completion_chars=max_completion_chars,
         sample=sample,
         limit=limit,
+        holdout_fraction=holdout_fraction,
         seed=seed,
     )
     cfg = load_config(ImportConfig, config, _overrides(sets, **flags))

@@ -100,7 +100,7 @@ def distiller(
     "    lmmixup eval downstream bundled:smollm2-135m-instruct --tasks lmmixup_gsm8k,lmmixup_gsm8k_mc "
     "--limit 50 -o runs/eval/quick\n\n"
     "    lmmixup eval downstream runs/x/final --tasks my_tasks/gsm8k_local.yaml -o runs/eval/local\n\n"
-    "    lmmixup eval downstream runs/x/final -c experiment.yaml --set limit=20 --set dtype=float32\n\n"
+    "    lmmixup eval downstream runs/x/final -c eval.yaml --set limit=20 --set dtype=float32\n\n"
     "Offline suite: lmmixup_gsm8k (8-shot, exact match on the final number), lmmixup_gsm8k_mc "
     "(4-way multiple choice, acc/acc_norm), lmmixup_heldout (likelihood of --heldout completions, "
     "byte_likelihood: higher is better). Built-in lm-eval tasks (gsm8k, mmlu, ...) fetch data from "

@@ -25,7 +25,8 @@ def rewards_group() -> None:
     "    lmmixup rewards build-library rated_a.jsonl rated_b.jsonl -o lib --min-task-samples 50\n\n"
     "    lmmixup rewards build-library rated.jsonl -o lib --no-by-task --k-transition 2 "
     "--embedder sentence-transformers/all-mpnet-base-v2\n\n"
-    "Then: LMMIXUP_QUALITY_LIBRARY=lib for the quality reward.",
+    "Then point `rewards.quality_library` of `lmmixup train grpo` / `lmmixup eval distiller` at it "
+    "(the plain `lmmixup.rewards.quality_reward` callable reads $LMMIXUP_QUALITY_LIBRARY).",
 )
 def build_library_command(
     rated: Annotated[

@@ -49,7 +49,8 @@ RESULTS_MD = "results.md"
 MODELS_DIR = "models"
 OFFLINE_HINT = (
     "its data is on the Hugging Face Hub, which is unreachable; point it at local files with a "
-    "task YAML that has `include: <the built-in YAML>`, `dataset_path: json`, `dataset_name: null` "
+    "task YAML that has `include: <the built-in YAML>`, a new `task:` name, `tag: []`, "
+    "`dataset_path: json`, `dataset_name: null` "
     "and `dataset_kwargs: {data_files: {test: FILE, ...}}`, and pass that YAML's path as the task "
     "(see `lmmixup eval downstream --help`)"
 )
