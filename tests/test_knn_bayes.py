@@ -170,6 +170,18 @@ def test_ivf_search_agrees_with_exact_on_clustered_data():
     assert np.mean(np.abs(exact.expected(queries) - ivf.expected(queries))) < 0.05
 
 
+def test_auto_search_is_exact_for_small_libraries_and_ivf_for_large_ones():
+    from lmmixup.rating.knn_bayes import AUTO_IVF_MIN_ITEMS, resolve_search
+
+    assert resolve_search("auto", AUTO_IVF_MIN_ITEMS - 1) == "exact"
+    assert resolve_search("auto", AUTO_IVF_MIN_ITEMS) == "ivf"
+    assert resolve_search("exact", 10**6) == "exact"
+    with pytest.raises(ValueError, match="auto"):
+        resolve_search("hnsw", 10)
+    small = KnnBayesScorer.fit(np.eye(4), [0, 1, 2, 3], search="auto")
+    assert small.index.search_kind == "exact"  # what a saved library records
+
+
 # --- rewards ----------------------------------------------------------------------------------
 
 

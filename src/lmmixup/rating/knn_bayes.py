@@ -19,6 +19,20 @@ import numpy as np
 SCORE_MIN, SCORE_MAX = 0, 5
 FORMAT_VERSION = 1
 SEARCH_KINDS = ("exact", "ivf")
+# `auto` searches exactly below this many library items and with IVF from it on: exact
+# scoring of 100K queries against 50K items takes ~31 s on 2 cores, IVF ~8 s (BENCHMARKS.md).
+AUTO_IVF_MIN_ITEMS = 20_000
+
+
+def resolve_search(search: str, library_size: int) -> str:
+    """`exact` or `ivf` for a library of this size (`auto` picks by size)."""
+    if search == "auto":
+        return "ivf" if library_size >= AUTO_IVF_MIN_ITEMS else "exact"
+    if search not in SEARCH_KINDS:
+        raise ValueError(f"search must be auto or one of {SEARCH_KINDS}, got {search!r}")
+    return search
+
+
 DEFAULT_TASK = "default"
 EMBEDDINGS_FILE, LABELS_FILE, META_FILE = "embeddings.npy", "labels.npy", "meta.json"
 _QUERY_BATCH = 16384
@@ -77,18 +91,18 @@ class NeighbourIndex:
     """Cosine k-NN over a library of unit rows: exact (faiss IndexFlatIP) or IVF-Flat.
 
     ``ivf`` is approximate (it scans ``nprobe`` of about 4*sqrt(N) lists) and several times
-    faster on large libraries; ``exact`` follows the SPEC to the letter.
+    faster on large libraries; ``exact`` follows the SPEC to the letter; ``auto`` picks by
+    library size (`resolve_search`).
     """
 
     def __init__(self, embeddings: np.ndarray, search: str = "exact", nprobe: int = 16):
         import faiss
 
-        if search not in SEARCH_KINDS:
-            raise ValueError(f"search must be one of {SEARCH_KINDS}, got {search!r}")
+        count, dim = embeddings.shape
+        search = resolve_search(search, count)
         self.embeddings = embeddings
         self.search_kind = search
         self.nprobe = nprobe
-        count, dim = embeddings.shape
         if search == "exact":
             self._index = faiss.IndexFlatIP(dim)
         else:
