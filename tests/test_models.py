@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import pytest
 
@@ -109,3 +111,21 @@ def test_generated_text_ends_before_the_first_stop_string(tiny_llama):
         unstopped.text == "A: merged answer\n\nQ: another pair"
         and unstopped.finish_reason == "length"
     )
+
+
+def test_stop_criteria_fire_on_new_text_only(tiny_llama):
+    import torch
+
+    from lmmixup.backends.hf import _stop_criteria
+
+    model = HFChatModel(str(tiny_llama), dtype="float32")
+    encode = partial(model.tokenizer.encode, add_special_tokens=False)
+    prompt = encode("Example: Q: a\n\nQ: b</answer>\n")  # stop strings in the prompt don't count
+    rows = [prompt + encode("A: merged</answer>"), prompt + encode("A: not done yet, go on")]
+    width = max(map(len, rows))
+    pad = model.tokenizer.pad_token_id
+    ids = torch.tensor([row + [pad] * (width - len(row)) for row in rows])
+    (criteria,) = _stop_criteria(model.tokenizer, ("</answer>", "\n\nQ:"), len(prompt))
+    assert criteria(ids, None).tolist() == [True, False]
+    assert criteria(torch.tensor([prompt]), None).tolist() == [False]
+    assert _stop_criteria(model.tokenizer, (), len(prompt)) == []

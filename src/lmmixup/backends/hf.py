@@ -96,8 +96,9 @@ class HFChatModel:
                     top_p=params.top_p if sampling else None,
                     top_k=None,
                     repetition_penalty=params.repetition_penalty,
-                    stop_strings=list(params.stop) or None,
-                    tokenizer=self.tokenizer,
+                    stopping_criteria=_stop_criteria(
+                        self.tokenizer, params.stop, inputs["input_ids"].shape[1]
+                    ),
                     pad_token_id=self.tokenizer.pad_token_id,
                 )
             new_tokens = output[:, inputs["input_ids"].shape[1] :]
@@ -180,6 +181,32 @@ class HFChatModel:
 
 
 _MIN_SHARED_PREFIX = 16
+
+
+def _stop_criteria(tokenizer, stops: tuple[str, ...], prompt_length: int) -> list:
+    """Stop a row once its new text contains a stop string.
+
+    transformers' own `stop_strings` precomputes tables over the whole vocabulary on every
+    `generate` call and costs more per step than the model does on a CPU; decoding the last
+    few new tokens of each row is enough, as every token carries at least one character.
+    """
+    if not stops:
+        return []
+    import torch
+    from transformers import StoppingCriteria
+
+    window = max(len(stop) for stop in stops) + 1
+
+    class StopOnStrings(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            tails = tokenizer.batch_decode(
+                input_ids[:, max(prompt_length, input_ids.shape[1] - window) :],
+                skip_special_tokens=True,
+            )
+            hit = [any(stop in tail for stop in stops) for tail in tails]
+            return torch.tensor(hit, dtype=torch.bool, device=input_ids.device)
+
+    return [StopOnStrings()]
 
 
 def _common_prefix_length(rows: list[list[int]]) -> int:
