@@ -22,7 +22,17 @@ def _load_openai(cfg: BackendConfig) -> Generator:
     return load(cfg)
 
 
-LOADERS: dict[str, Callable[[BackendConfig], Generator]] = {"hf": _load_hf, "openai": _load_openai}
+def _load_vllm(cfg: BackendConfig) -> Generator:
+    from lmmixup.backends.vllm_local import VLLMChatModel
+
+    return VLLMChatModel(cfg.model, dtype=cfg.dtype)
+
+
+LOADERS: dict[str, Callable[[BackendConfig], Generator]] = {
+    "hf": _load_hf,
+    "openai": _load_openai,
+    "vllm": _load_vllm,
+}
 
 
 def load_generator(cfg: BackendConfig, cache: CallCache | None = None) -> Generator:

@@ -1,0 +1,64 @@
+"""In-process vLLM generation: `backend: vllm` (a GPU machine with the `vllm` extra installed).
+
+Same contract as the other generators: chat-templated prompts (optionally pre-filled), greedy
+by default, the reply's text ending before the first stop string, `finish_reason` stop or
+length. For a remote GPU, `vllm serve MODEL` plus `backend: openai` does the same job.
+"""
+
+from __future__ import annotations
+
+from lmmixup.assets import model_fingerprint, resolve_model
+from lmmixup.backends.base import Generation, GenParams, Messages
+from lmmixup.errors import LmmixupError
+
+INSTALL_HINT = (
+    "backend 'vllm' needs the vllm package and a GPU: pip install 'lmmixup[vllm]'; "
+    "without one, run `vllm serve MODEL` elsewhere and use backend: openai"
+)
+
+
+class VLLMChatModel:
+    """A model loaded into vLLM once; every `generate` call is one batched vLLM request."""
+
+    def __init__(self, model: str, dtype: str = "auto"):
+        try:
+            import vllm
+        except ImportError:
+            raise LmmixupError(INSTALL_HINT) from None
+        self._vllm = vllm
+        self.name = model
+        path = resolve_model(model)
+        self.fingerprint = model_fingerprint(path) + f"|vllm|{dtype}"
+        self.llm = vllm.LLM(model=path, dtype=dtype)
+        self.tokenizer = self.llm.get_tokenizer()
+
+    def render(self, messages: Messages, assistant_prefix: str = "") -> str:
+        """The chat-formatted prompt text, ready for the model's reply (optionally pre-filled)."""
+        text = self.tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True
+        )
+        return text + assistant_prefix
+
+    def generate(self, prompts: list[Messages], params: GenParams) -> list[Generation]:
+        """Reply to each message list; stops at EOS, a stop string, or max_new_tokens."""
+        sampling = self._vllm.SamplingParams(
+            max_tokens=params.max_new_tokens,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            repetition_penalty=params.repetition_penalty,
+            stop=list(params.stop),
+            seed=params.seed,
+        )
+        texts = [self.render(messages, params.assistant_prefix) for messages in prompts]
+        outputs = self.llm.generate(texts, sampling, use_tqdm=False)
+        return [self._generation(output, params.assistant_prefix) for output in outputs]
+
+    @staticmethod
+    def _generation(output, prefix: str) -> Generation:
+        best = output.outputs[0]
+        return Generation(
+            prefix + best.text,
+            "length" if best.finish_reason == "length" else "stop",
+            len(best.token_ids),
+            len(output.prompt_token_ids),
+        )
