@@ -70,13 +70,16 @@ def test_every_arm_trains_on_the_budget_and_the_table_has_every_arm(
         train = read_records(run / f"arm-{arm_slug(arm)}" / "train.jsonl")
         assert all(r["id"] != planted["id"] for r in train)
         assert not {r["id"] for r in train} & {r["id"] for r in heldout}
-        assert not (run / f"arm-{arm_slug(arm)}" / "model").exists()  # deleted once evaluated
+        model = run / f"arm-{arm_slug(arm)}" / "model"
+        assert (model / "steps.jsonl").exists()  # weights deleted once evaluated, the log kept
+        assert not (model / "final").exists() and not list(model.glob("checkpoint-*"))
     assert planted["id"] not in {r["id"] for r in heldout}  # seed 0 keeps it in the pool
     dropped = read_records(run / "decontaminate" / "rejects.jsonl")
     assert {r["id"] for r in dropped} == {planted["id"]}
     origins = read_records(run / "arm-mixup-5to5" / "train.jsonl")
     assert {r["origin"] for r in origins} == {"distilled", "original"}
     assert (run / "experiment" / "results.md").read_text().count("\n| ") == len(ARMS) + 1
+    assert "mixup-5:5" in (run / "report.html").read_text()  # the report shows the table
 
     requests = lab.count
     again = run_experiment(cfg, exp, run)  # every stage done: nothing is asked or trained again

@@ -99,24 +99,13 @@ def test_complete_stage_is_skipped_and_changes_are_refused(tmp_path):
         run_stage(
             tmp_path, "s", inputs=[source], config={"a": 1}, body=_body_counting(calls, source)
         )
-    forced = run_stage(
-        tmp_path,
-        "s",
-        inputs=[source],
-        config={"a": 1},
-        body=_body_counting(calls, source),
-        force=True,
-    )
-    assert not forced.skipped and len(read_records(tmp_path / "s" / "out.jsonl")) == 4
-    unchanged = run_stage(
-        tmp_path,
-        "s",
-        inputs=[source],
-        config={"a": 1},
-        body=_body_counting(calls, source),
-        force=True,
-    )
-    assert unchanged.skipped  # --force redoes changed stages only
+
+    def forced():
+        body = _body_counting(calls, source)
+        return run_stage(tmp_path, "s", inputs=[source], config={"a": 1}, body=body, force=True)
+
+    assert not forced().skipped and len(read_records(tmp_path / "s" / "out.jsonl")) == 4
+    assert forced().skipped  # --force redoes changed stages only
 
 
 def test_follow_inputs_redoes_on_new_inputs_but_still_refuses_a_new_config(tmp_path):

@@ -214,8 +214,9 @@ def _arm_body(
     summary = finetune(_finetune_config(exp, train, model_dir))
     stage.counts["finetune"] = {k: summary[k] for k in ("global_step", "loss", "seconds")}
     _evaluate(stage, arm_slug(arm), summary["final"], exp, heldout)
-    if not exp.keep_models:
-        shutil.rmtree(model_dir)
+    if not exp.keep_models:  # steps.jsonl and summary.json stay for the report
+        for weights in [Path(summary["final"]), *model_dir.glob("checkpoint-*")]:
+            shutil.rmtree(weights)
 
 
 def _tally(rows: list[dict], key: str) -> dict[str, int]:
@@ -269,7 +270,11 @@ def run_experiment(
         body=lambda stage: _evaluate(stage, BASE_ARM, exp.base_model, exp, heldout),
         force=force,
     ).manifest
-    return write_table(run_dir, manifests)
+    table = write_table(run_dir, manifests)
+    from lmmixup.report import write_report
+
+    write_report(run_dir)  # again, now with the arms' training curves and the table
+    return table
 
 
 def write_table(run_dir: Path, manifests: dict[str, dict]) -> dict:
