@@ -94,7 +94,8 @@ def test_crafted_replies_are_scored_and_judged(rewards):
     replies = [
         Generation(GOOD_QA, "stop"),
         Generation(BAD_LAYOUT, "stop"),
-        Generation(GOOD_QA.replace("Paris.", "fail"), "stop"),
+        # as local backends return it: cut before the `</answer>` it stopped on
+        Generation(GOOD_QA.replace("Paris.", "fail").removesuffix("</answer>"), "stop"),
     ]
     entries = record_entries(records, replies, rewards)
     attach_ratings(entries, fake_judge, batch_size=2)

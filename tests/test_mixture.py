@@ -18,7 +18,7 @@ from lmmixup.backends.base import Generation
 from lmmixup.commands.mixture import mixture_app
 from lmmixup.config import ConfigError, DistillConfig, validate
 from lmmixup.degrade import LLM_OPERATOR, OPERATORS
-from lmmixup.distill import build_messages, parse_output
+from lmmixup.distill import build_messages, is_well_formed, parse_output
 from lmmixup.io import read_records, write_records
 from lmmixup.mixture import (
     SPLITS,
@@ -387,8 +387,10 @@ def test_target_text_and_prompt_messages():
         "think": "reason",
     }
     assert target_text(record) == "<think>\nreason\n</think>\n\n<answer>\nQ: q?\nA: a\n</answer>"
-    assert target_text(record | {"think": None}) == "<answer>\nQ: q?\nA: a\n</answer>"
-    assert target_text(record | {"think": "  "}) == "<answer>\nQ: q?\nA: a\n</answer>"
+    bare = target_text(record | {"think": None})
+    assert bare.startswith("<think>\nThe ") and bare.endswith("<answer>\nQ: q?\nA: a\n</answer>")
+    assert is_well_formed(bare)
+    assert target_text(record | {"think": "  "}) == bare
     expected = build_messages(record["members"], "qa", DistillConfig())
     assert prompt_messages(record) == expected
 

@@ -274,7 +274,7 @@ def distill_params(cfg: DistillConfig) -> GenParams:
     )
 
 
-def _with_stop(generation: Generation) -> str:
+def closed_reply(generation: Generation) -> str:
     """The reply with `</answer>` restored where generation stopped on a stop string (which
     backends leave out): `</answer>` itself, or one of `extra_stops`."""
     text = generation.text
@@ -309,7 +309,7 @@ def _draft(
     generation: Generation,
 ) -> _Draft:
     """Parse a cluster's reply into its answer and, where the layout holds, its pair."""
-    parsed = parse_output(_with_stop(generation)) if generation.ok else None
+    parsed = parse_output(closed_reply(generation)) if generation.ok else None
     pair = answer_to_pair(parsed.answer, task_type) if parsed is not None else None
     member_texts = [record_text(member) for member in members]
     return _Draft(cluster, task_type, member_texts, generation, parsed, pair)

@@ -246,10 +246,23 @@ class MixtureConfig(Section):
 
 
 def target_text(record: dict) -> str:
-    """The SFT target of a record: think block (when there is a think) and answer block; no EOS."""
+    """The SFT target of a record: think block and answer block; no EOS.
+
+    A record without a worked solution gets a short think that says what the merge does, so
+    every target has the `<think>..</think><answer>..</answer>` form the format reward asks for.
+    """
     answer = f"{ANSWER_OPEN}\n{record['answer']}\n{ANSWER_CLOSE}"
-    think = (record.get("think") or "").strip()
-    return f"{THINK_OPEN}\n{think}\n{THINK_CLOSE}\n\n{answer}" if think else answer
+    think = (record.get("think") or "").strip() or default_think(record)
+    return f"{THINK_OPEN}\n{think}\n{THINK_CLOSE}\n\n{answer}"
+
+
+def default_think(record: dict) -> str:
+    """A plain account of the merge for records whose seed has no reasoning to show."""
+    count = len(record.get("members") or [])
+    return (
+        f"The {count} variants describe the same {record['task_type']} item with gaps and noise; "
+        "keep what they agree on, fix the errors and restore what some of them leave out."
+    )
 
 
 def prompt_messages(record: dict, cfg: DistillConfig | None = None) -> list[dict]:

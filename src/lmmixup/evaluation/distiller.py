@@ -33,7 +33,13 @@ from pydantic import Field
 from lmmixup.backends.base import Generation
 from lmmixup.cache import CallCache
 from lmmixup.config import BackendConfig, DistillConfig, Section
-from lmmixup.distill import answer_to_pair, distill_params, is_well_formed, parse_output
+from lmmixup.distill import (
+    answer_to_pair,
+    closed_reply,
+    distill_params,
+    is_well_formed,
+    parse_output,
+)
 from lmmixup.errors import LmmixupError
 from lmmixup.io import read_records, write_records
 from lmmixup.mixture import prompt_messages
@@ -207,7 +213,7 @@ def record_entries(
     records: list[dict], replies: list[Generation], rewards: RewardSet
 ) -> list[dict]:
     """Per-record entries of one model: reply, format flags, reward values, parsed pair."""
-    texts = [reply.text if reply.ok else "" for reply in replies]
+    texts = [closed_reply(reply) if reply.ok else "" for reply in replies]
     kinds = [record["task_type"] for record in records]
     scores = rewards.score(texts, task_type=kinds, reference=[r["answer"] for r in records])
     return [
