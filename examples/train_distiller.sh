@@ -24,7 +24,7 @@ step mixture "$LM" mixture build -c examples/mixture_small.yaml -o "$OUT/mixture
 step pool "$LM" data import gsm8k sharegpt --sample 60 --seed 7 --max-completion-chars 600 \
   -o "$OUT/pool.jsonl"
 step rate "$LM" rate "$OUT/pool.jsonl" -o "$OUT/rated.jsonl" --propagate 0.5
-step library "$LM" rewards build-library "$OUT/rated.jsonl" -o "$OUT/quality-library"
+step library "$LM" rewards build-library "$OUT/rated.jsonl" -o "$OUT/quality-library" --overwrite
 step sft "$LM" train sft -c "$RECIPE" --mixture "$OUT/mixture" -o "$OUT/sft"
 step grpo "$LM" train grpo -c "$RECIPE" --model "$OUT/sft/final" --mixture "$OUT/mixture" \
   -o "$OUT/grpo" --set "rewards.quality_library=$OUT/quality-library"
