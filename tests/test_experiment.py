@@ -93,6 +93,9 @@ def test_bad_arms_and_missing_holdout_fail_before_any_work(tmp_path):
     config = tmp_path / "exp.yaml"
     config.write_text(yaml.safe_dump({"experiment": {"eval": {"tasks": ["lmmixup_heldout"]}}}))
     cfg, exp = load_experiment_config(config, [])
+    bad = exp.model_copy(update={"finetune": {"epochz": 1}})
+    with pytest.raises(LmmixupError, match="experiment.finetune.*epochz"):
+        run_experiment(cfg, bad, tmp_path / "run")
     with pytest.raises(LmmixupError, match="holdout_fraction"):
         run_experiment(cfg, exp, tmp_path / "run")
     assert not (tmp_path / "run").exists()

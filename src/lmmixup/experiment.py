@@ -22,7 +22,7 @@ from typing import Any
 
 from pydantic import Field
 
-from lmmixup.config import DEFAULT_LM, RunConfig, Section, SelectConfig, result_config
+from lmmixup.config import DEFAULT_LM, RunConfig, Section, SelectConfig, result_config, validate
 from lmmixup.errors import LmmixupError
 from lmmixup.io import read_records, write_records
 from lmmixup.runner import StageDir, run_stage
@@ -103,8 +103,15 @@ def _finetune_config(exp: ExperimentConfig, train: Path, output_dir: Path):
     fixed = _FIXED_KEYS & set(exp.finetune)
     if fixed:
         raise LmmixupError(f"experiment.finetune: {sorted(fixed)} are set by the experiment")
-    return FinetuneConfig(
-        **exp.finetune, train=str(train), model=exp.base_model, output_dir=str(output_dir)
+    return validate(
+        FinetuneConfig,
+        {
+            **exp.finetune,
+            "train": str(train),
+            "model": exp.base_model,
+            "output_dir": str(output_dir),
+        },
+        "experiment.finetune",
     )
 
 
@@ -113,7 +120,7 @@ def _eval_config(exp: ExperimentConfig, output_dir: Path, heldout: Path | None):
     from lmmixup.evalsuite import HELDOUT_TASK
     from lmmixup.evaluation.downstream import DownstreamConfig
 
-    cfg = DownstreamConfig(**{**exp.eval, "output_dir": str(output_dir)})
+    cfg = validate(DownstreamConfig, {**exp.eval, "output_dir": str(output_dir)}, "experiment.eval")
     if HELDOUT_TASK not in cfg.tasks:
         return cfg
     if heldout is None:
@@ -353,7 +360,7 @@ def load_experiment_config(
 ) -> tuple[RunConfig, ExperimentConfig]:
     """The run sections and the `experiment:` section of a YAML file (none: the bundled
     miniature experiment), with dotted overrides applied to either."""
-    from lmmixup.config import apply_overrides, load_yaml, validate
+    from lmmixup.config import apply_overrides, load_yaml
 
     data = load_yaml(path) if path else bundled_experiment()
     apply_overrides(data, overrides)
