@@ -31,7 +31,7 @@ class SlowServer(FakeOpenAIServer):
 
 
 def _kill_when(proc: subprocess.Popen, server: FakeOpenAIServer, requests: int) -> None:
-    deadline = time.time() + 60
+    deadline = time.time() + 300  # generous: a loaded machine starts the CLI slowly
     while server.count < requests and time.time() < deadline and proc.poll() is None:
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)

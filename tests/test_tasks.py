@@ -77,4 +77,6 @@ def test_mcq_pattern_fails_fast_on_options_without_an_answer():
     text = "Q: x A) a B) b C) c D) d " * 400
     start = time.perf_counter()
     assert not matches_task_pattern(text, "mcq")
-    assert time.perf_counter() - start < 2.0
+    # ~0.07 s here when linear; catastrophic backtracking over 400 options would take hours, so a
+    # generous bound keeps the guard without failing on a busy machine.
+    assert time.perf_counter() - start < 30.0
