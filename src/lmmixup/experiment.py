@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,7 @@ TABLE_DIR = "experiment"
 CANDIDATES = {"rated": ("rate", "rated"), "high": ("split", "high"), "kept": ("rerate", "kept")}
 _RATIO_ARM = re.compile(r"^(mixup|high-low)-(\d+(?:\.\d+)?:\d+(?:\.\d+)?)$")
 _FIXED_KEYS = {"train", "model", "output_dir"}
+EvalSets = dict[str, list[str]]  # task name -> the text of each of its items
 
 
 class ExperimentConfig(Section):
@@ -134,7 +136,7 @@ def _rows_or_none(path: Path) -> Path | None:
     return path if path.exists() and path.stat().st_size else None
 
 
-def _eval_sets(exp: ExperimentConfig, heldout: Path | None) -> dict[str, list[str]]:
+def _eval_sets(exp: ExperimentConfig, heldout: Path | None) -> EvalSets:
     """The text of every evaluation item per task, for decontamination."""
     from lmmixup.evalsuite import eval_texts
 
@@ -153,11 +155,10 @@ def check_config(cfg: RunConfig, exp: ExperimentConfig) -> None:
 
 
 def _decontaminate_body(
-    stage: StageDir, exp: ExperimentConfig, files: dict[str, Path], heldout: Path | None
+    stage: StageDir, exp: ExperimentConfig, files: dict[str, Path], eval_sets: EvalSets
 ) -> None:
     from lmmixup.decontam import decontaminate
 
-    eval_sets = _eval_sets(exp, heldout)
     dropped_all: list[dict] = []
     for name, path in files.items():
         rows = read_records(path)
@@ -203,6 +204,7 @@ def _arm_body(
     exp: ExperimentConfig,
     clean: dict[str, Path],
     heldout: Path | None,
+    eval_sets: EvalSets,
 ) -> None:
     from lmmixup.decontam import find_contaminated
     from lmmixup.training.finetune import finetune
@@ -212,7 +214,7 @@ def _arm_body(
     rows = read_records(train)
     if parse_arm(arm)[0] != "full" and len(rows) != cfg.select.budget:
         raise LmmixupError(f"arm {arm}: {len(rows)} training rows, budget {cfg.select.budget}")
-    leaks = find_contaminated(rows, _eval_sets(exp, heldout))
+    leaks = find_contaminated(rows, eval_sets)
     stage.counts["train_rows"] = len(rows)
     stage.counts["origin"] = _tally(rows, "origin")
     stage.counts["source"] = _tally(rows, "source")
@@ -227,10 +229,7 @@ def _arm_body(
 
 
 def _tally(rows: list[dict], key: str) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for row in rows:
-        counts[str(row.get(key))] = counts.get(str(row.get(key)), 0) + 1
-    return counts
+    return dict(Counter(str(row.get(key)) for row in rows))
 
 
 # ---------------------------------------------------------------------------- the run
@@ -248,6 +247,7 @@ def run_experiment(
     outputs = {key: Path(path) for key, path in summary["outputs"].items()}
     heldout_file = outputs["import.heldout"]
     heldout = _rows_or_none(heldout_file)
+    eval_sets = _eval_sets(exp, heldout)
     candidates = {name: outputs[f"{stage}.{key}"] for name, (stage, key) in CANDIDATES.items()}
     exp_json = result_config(exp)
     clean_stage = run_stage(
@@ -255,8 +255,9 @@ def run_experiment(
         "decontaminate",
         inputs=[*candidates.values(), heldout_file],
         config={"experiment": exp_json},
-        body=lambda stage: _decontaminate_body(stage, exp, candidates, heldout),
+        body=lambda stage: _decontaminate_body(stage, exp, candidates, eval_sets),
         force=force,
+        follow_inputs=True,
     )
     clean = {name: clean_stage.path / f"{name}.jsonl" for name in candidates}
     manifests = {}
@@ -266,8 +267,9 @@ def run_experiment(
             f"arm-{arm_slug(arm)}",
             inputs=[*clean.values(), heldout_file],
             config={"arm": arm, "select": result_config(cfg.select), "experiment": exp_json},
-            body=lambda stage, arm=arm: _arm_body(stage, arm, cfg, exp, clean, heldout),
+            body=lambda stage, arm=arm: _arm_body(stage, arm, cfg, exp, clean, heldout, eval_sets),
             force=force,
+            follow_inputs=True,
         ).manifest
     manifests[BASE_ARM] = run_stage(
         run_dir,
@@ -276,6 +278,7 @@ def run_experiment(
         config={"experiment": exp_json},
         body=lambda stage: _evaluate(stage, BASE_ARM, exp.base_model, exp, heldout),
         force=force,
+        follow_inputs=True,
     ).manifest
     table = write_table(run_dir, manifests)
     from lmmixup.report import write_report

@@ -20,7 +20,7 @@ SCORE_MIN, SCORE_MAX = 0, 5
 FORMAT_VERSION = 1
 SEARCH_KINDS = ("exact", "ivf")
 # `auto` searches exactly below this many library items and with IVF from it on: exact
-# scoring of 100K queries against 50K items takes ~31 s on 2 cores, IVF ~8 s (BENCHMARKS.md).
+# scoring of 100K queries against 50K items takes ~31 s on 2 cores, IVF 5.7 s (BENCHMARKS.md).
 AUTO_IVF_MIN_ITEMS = 20_000
 
 
