@@ -159,3 +159,19 @@ def test_eval_cli_reports_a_missing_test_file(tmp_path):
     )
     assert isinstance(result.exception, LmmixupError)
     assert "none.jsonl" in str(result.exception)
+
+
+def test_a_spent_judge_request_cap_stops_the_evaluation(tmp_path, monkeypatch):
+    from lmmixup.evaluation.distiller import load_judge
+
+    def capped_judge_fn(cfg, cache, stop, run_index):
+        def judge(batch):
+            stop.reason = "request budget spent: max_requests=1 reached"
+            return [{**row, "rating": None, "rating_error": "not sent"} for row in batch]
+
+        return judge, None
+
+    monkeypatch.setattr("lmmixup.rating.stage._judge_fn", capped_judge_fn)
+    judge = load_judge(EvalDistillerConfig(), CallCache(tmp_path / "calls.sqlite"))
+    with pytest.raises(LmmixupError, match="max_requests=1 reached; .*re-run"):
+        judge([{"id": "a", "prompt": "p", "completion": "c"}])

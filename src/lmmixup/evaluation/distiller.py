@@ -21,18 +21,18 @@ from __future__ import annotations
 import gc
 import json
 import re
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 from pydantic import Field
 
 from lmmixup.backends.base import Generation
 from lmmixup.cache import CallCache
-from lmmixup.config import BackendConfig, DistillConfig, Section
+from lmmixup.config import OPERATIONAL, BackendConfig, DistillConfig, Section
 from lmmixup.distill import (
     answer_to_pair,
     closed_reply,
@@ -43,11 +43,12 @@ from lmmixup.distill import (
 from lmmixup.errors import LmmixupError
 from lmmixup.io import read_records, write_records
 from lmmixup.mixture import prompt_messages
+from lmmixup.progress import progress
+from lmmixup.runner import BatchFn
 from lmmixup.tasks import matches_task_pattern
 from lmmixup.training.common import FINAL_DIR
 from lmmixup.training.grpo import COMPONENTS, RewardSet, RewardSettings, load_reward_set
 
-JudgeFn = Callable[[list[dict]], list[dict]]
 RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
 GENERATIONS_DIR = "generations"
@@ -64,7 +65,7 @@ class EvalDistillerConfig(Section):
         1.05, ge=1.0, description="Repetition penalty of the greedy decoding (paper: 1.05)."
     )
     batch_size: int = Field(
-        8, ge=1, description="Prompts per generate call.", json_schema_extra={"operational": True}
+        8, ge=1, description="Prompts per generate call.", json_schema_extra=OPERATIONAL
     )
     dtype: Literal["auto", "bfloat16", "float32"] = Field(
         "auto", description="Weights dtype of the evaluated models (auto = bf16 only where native)."
@@ -122,17 +123,24 @@ def generate_replies(
     model: str, records: list[dict], cfg: EvalDistillerConfig, cache: CallCache
 ) -> list[Generation]:
     """Greedy distiller replies of one model to every record, served from the cache when known."""
-    from lmmixup.backends.base import CachedGenerator
-    from lmmixup.backends.hf import HFChatModel
+    from lmmixup.backends import load_generator
 
     params = distill_params(
         DistillConfig(max_new_tokens=cfg.max_new_tokens, repetition_penalty=cfg.repetition_penalty)
     )
-    generator = CachedGenerator(HFChatModel(model, cfg.dtype, cfg.batch_size), cache)
+    backend = BackendConfig(model=model, dtype=cfg.dtype, batch_size=cfg.batch_size)
+    generator = load_generator(backend, cache)
+    prompts = [prompt_messages(record) for record in records]
+    replies: list[Generation] = []
     try:
-        return generator.generate([prompt_messages(record) for record in records], params)
+        with progress(f"generate ({model})", total=len(prompts)) as advance:
+            for start in range(0, len(prompts), cfg.batch_size):
+                batch = prompts[start : start + cfg.batch_size]
+                replies += generator.generate(batch, params)
+                advance(len(batch))
+        return replies
     finally:
-        del generator
+        del generator  # free the model before the next one loads
         gc.collect()
 
 
@@ -158,16 +166,19 @@ def parsed_pair(text: str, task_type: str) -> dict[str, str] | None:
     return None if pair is None else {"prompt": pair[0], "completion": pair[1]}
 
 
-def judge_rows(rows: list[dict], judge: JudgeFn, batch_size: int) -> list[dict]:
+def judge_rows(rows: list[dict], judge: BatchFn, batch_size: int) -> list[dict]:
     """Each row with its `rating` (None and `rating_error` on failure), in batches."""
     rated: list[dict] = []
-    for start in range(0, len(rows), batch_size):
-        rated += judge(rows[start : start + batch_size])
+    with progress("judge", total=len(rows)) as advance:
+        for start in range(0, len(rows), batch_size):
+            batch = rows[start : start + batch_size]
+            rated += judge(batch)
+            advance(len(batch))
     return rated
 
 
 def _mean(values: Sequence[float]) -> float | None:
-    return round(float(np.mean(values)), 4) if len(values) else None
+    return round(statistics.fmean(values), 4) if values else None
 
 
 def rating_summary(entries: Sequence[dict]) -> dict[str, Any]:
@@ -233,7 +244,7 @@ def record_entries(
     ]
 
 
-def attach_ratings(entries: list[dict], judge: JudgeFn, batch_size: int) -> None:
+def attach_ratings(entries: list[dict], judge: BatchFn, batch_size: int) -> None:
     """Judge every entry's pair and store its `rating` (None when the judge failed)."""
     with_pair = [entry for entry in entries if entry["pair"] is not None]
     rows = [{"id": entry["id"], **entry["pair"]} for entry in with_pair]
@@ -291,14 +302,23 @@ def markdown_table(results: dict[str, Any]) -> str:
 # ---------------------------------------------------------------------------- the command
 
 
-def load_judge(cfg: EvalDistillerConfig, cache: CallCache) -> JudgeFn:
-    """The rating judge's batch function, as the rate stage builds it."""
+def load_judge(cfg: EvalDistillerConfig, cache: CallCache) -> BatchFn:
+    """The rating judge's batch function, as the rate stage builds it. A spent request cap
+    (`judge.max_requests`) stops the evaluation rather than counting as failed ratings."""
     from lmmixup.config import RateConfig
     from lmmixup.rating.judge import BudgetStop
     from lmmixup.rating.stage import _judge_fn
 
-    judge, _ = _judge_fn(RateConfig(judge=cfg.judge, mode=cfg.judge_mode), cache, BudgetStop(), 0)
-    return judge
+    stop = BudgetStop()
+    judge, _ = _judge_fn(RateConfig(judge=cfg.judge, mode=cfg.judge_mode), cache, stop, 0)
+
+    def judge_or_stop(batch: list[dict]) -> list[dict]:
+        rated = judge(batch)
+        if stop.reason:
+            raise LmmixupError(f"{stop.reason}; the judge's replies are cached: re-run to continue")
+        return rated
+
+    return judge_or_stop
 
 
 def evaluate_distillers(
@@ -307,7 +327,7 @@ def evaluate_distillers(
     out_dir: str | Path,
     cfg: EvalDistillerConfig,
     *,
-    judge: JudgeFn | None = None,
+    judge: BatchFn | None = None,
     rewards: RewardSet | None = None,
     cache: CallCache | None = None,
 ) -> dict[str, Any]:

@@ -43,6 +43,7 @@ from lmmixup.config import OPERATIONAL, Section, result_config
 from lmmixup.errors import LmmixupError
 from lmmixup.hashing import hash_file, hash_value
 from lmmixup.progress import progress
+from lmmixup.runner import read_manifest, write_manifest
 
 RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
@@ -246,10 +247,9 @@ def evaluate_one(label: str, model: str, cfg: DownstreamConfig, manager: Any, fo
     """One model's results, from its file when the settings match, else from a fresh run."""
     path = folder / f"{label}.json"
     settings = model_settings(model, cfg)
-    if path.exists():
-        saved = json.loads(path.read_text(encoding="utf-8"))
-        if saved.get("settings") == settings:
-            return saved | {"skipped": True}
+    saved = read_manifest(path)
+    if saved is not None and saved.get("settings") == settings:
+        return saved | {"skipped": True}
     started = time.perf_counter()
     output = run_lm_eval(model, cfg, manager)
     result = {
@@ -259,9 +259,7 @@ def evaluate_one(label: str, model: str, cfg: DownstreamConfig, manager: Any, fo
     }
     result |= output
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(result, indent=2, default=str) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    write_manifest(path, result)
     return result | {"skipped": False}
 
 
