@@ -322,6 +322,16 @@ def test_a_broken_experiment_table_is_reported_not_fatal(tmp_path):
     assert "could not be read" in _section(build_report(run_dir), "experiment")
 
 
+def test_odd_manifests_are_shown_not_dropped(tmp_path):
+    run_dir = tmp_path / "run"
+    _stage(run_dir, "split", {}, {"high": "many", "rule": "score >= 4"})
+    (run_dir / "cluster").mkdir()
+    (run_dir / "cluster" / "manifest.json").write_text("[1, 2]")
+    html = build_report(run_dir)
+    assert "unreadable manifest (not a JSON object)" in _section(html, "stages")
+    assert "Split (score &gt;= 4): ? high, ? low, ? unrated." in _section(html, "scores")
+
+
 def test_a_folder_that_is_not_a_run_is_refused(tmp_path):
     with pytest.raises(LmmixupError, match="not a run directory"):
         build_report(tmp_path)

@@ -25,7 +25,7 @@ from pydantic import Field
 
 from lmmixup.config import DEFAULT_LM, RunConfig, Section, SelectConfig, result_config, validate
 from lmmixup.errors import LmmixupError
-from lmmixup.io import read_records, write_records
+from lmmixup.io import read_records, write_records, write_text_atomic
 from lmmixup.runner import StageDir, run_stage
 
 DEFAULT_ARMS = [
@@ -307,9 +307,8 @@ def write_table(run_dir: Path, manifests: dict[str, dict]) -> dict:
         )
     table = {"tasks": tasks, "rows": rows}
     folder = run_dir / TABLE_DIR
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "results.json").write_text(json.dumps(table, indent=2) + "\n", encoding="utf-8")
-    (folder / "results.md").write_text(markdown(table), encoding="utf-8")
+    write_text_atomic(folder / "results.json", json.dumps(table, indent=2) + "\n")
+    write_text_atomic(folder / "results.md", markdown(table))
     return table
 
 

@@ -63,6 +63,15 @@ def dumps(record: dict) -> str:
     return json.dumps(record, ensure_ascii=False)
 
 
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Replace a file's content in one step (temp file + rename): readers never see half of it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
 def write_records(path: str | Path, records: Iterable[dict]) -> int:
     """Write records atomically (temp file + rename); returns how many were written."""
     path = Path(path)

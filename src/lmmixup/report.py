@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -21,7 +20,7 @@ from html import escape
 from pathlib import Path
 
 from lmmixup.errors import LmmixupError
-from lmmixup.io import iter_jsonl
+from lmmixup.io import iter_jsonl, write_text_atomic
 from lmmixup.pipeline import STAGES
 from lmmixup.report_svg import bar_chart, empty_note, fmt, hbar_chart, histogram, line_chart
 from lmmixup.training.common import STEPS_FILE
@@ -91,12 +90,14 @@ def load_run(run_dir: str | Path) -> RunView:
     for manifest_path in manifests:
         try:
             manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+            problem = None if isinstance(manifest, dict) else "not a JSON object"
         except (OSError, ValueError) as exc:
-            manifest = {"status": f"unreadable manifest ({type(exc).__name__})"}
-        if isinstance(manifest, dict):
-            found.append(
-                (str(manifest.get("started_at", "")), run.relative(manifest_path.parent), manifest)
-            )
+            problem = type(exc).__name__
+        if problem:
+            manifest = {"status": f"unreadable manifest ({problem})"}
+        found.append(
+            (str(manifest.get("started_at", "")), run.relative(manifest_path.parent), manifest)
+        )
     order = {stage.name: i for i, stage in enumerate(STAGES)}
     found.sort(key=lambda item: (order.get(item[1], len(order)), item[0], item[1]))
     run.stages = {name: manifest for _, name, manifest in found}
@@ -146,6 +147,12 @@ def _flat(value: object) -> str:
     return fmt(value) if _number(value) is not None else str(value)
 
 
+def _count(counts: dict, key: str) -> str:
+    """A whole-number count from a manifest as text; `?` when missing or not a count."""
+    value = counts.get(key)
+    return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else "?"
+
+
 def _spread(items: list, k: int) -> list:
     """`k` items spread evenly over the list, in order."""
     if len(items) <= k:
@@ -167,7 +174,7 @@ def stages_section(run: RunView) -> str:
     rows, total = [], 0.0
     for name, manifest in run.stages.items():
         counts = manifest.get("counts") if isinstance(manifest.get("counts"), dict) else {}
-        seconds = _number(manifest.get("total_seconds", manifest.get("seconds")))
+        seconds = _number(manifest.get("total_seconds"))
         total += seconds or 0.0
         status = str(manifest.get("status", "?"))
         if status == "running":
@@ -235,14 +242,14 @@ def scores_section(run: RunView) -> str:
     split = run.counts("split")
     if split:
         notes.append(
-            f"Split ({split.get('rule', '?')}): {split.get('high', 0):,} high, "
-            f"{split.get('low', 0):,} low, {split.get('unrated', 0):,} unrated."
+            f"Split ({split.get('rule', '?')}): {_count(split, 'high')} high, "
+            f"{_count(split, 'low')} low, {_count(split, 'unrated')} unrated."
         )
     kept = run.counts("rerate").get("filter")
     if isinstance(kept, dict):
         notes.append(
-            f"Distilled pairs kept (score ≥ {kept.get('threshold', '?')}): {kept.get('kept', 0):,}; "
-            f"below: {kept.get('below_threshold', 0):,}; unrated: {kept.get('unrated', 0):,}."
+            f"Distilled pairs kept (score ≥ {kept.get('threshold', '?')}): {_count(kept, 'kept')}; "
+            f"below: {_count(kept, 'below_threshold')}; unrated: {_count(kept, 'unrated')}."
         )
     items = "".join(f"<li>{escape(n)}</li>" for n in notes if n)
     return _plots(pool_chart, mix_chart) + (f"<ul>{items}</ul>" if items else "")
@@ -566,6 +573,10 @@ def training_section(run: RunView) -> str:
     return "".join(parts)
 
 
+def _values(row: dict) -> dict:
+    return row["values"] if isinstance(row.get("values"), dict) else {}
+
+
 def _cell(value: object, best: float | None) -> str:
     number = _number(value)
     if number is None:
@@ -587,24 +598,19 @@ def experiment_section(run: RunView) -> str:
         return empty_note(f"{RESULTS_FILE} has no 'rows' list")
     rows = [r for r in data["rows"] if isinstance(r, dict)]
     tasks = [str(t) for t in data.get("tasks") or [] if isinstance(t, str | int | float)]
-
-    def values(row: dict) -> dict:
-        return row.get("values") if isinstance(row.get("values"), dict) else {}
-
-    columns = [(task, lambda r, t=task: values(r).get(t)) for task in tasks]
-    columns.append(("average", lambda r: r.get("average")))
-    best = {
-        name: max((n for r in rows if (n := _number(get(r))) is not None), default=None)
-        for name, get in columns
-    }
+    grid = [[_values(row).get(t) for t in tasks] + [row.get("average")] for row in rows]
+    best = [
+        max((n for value in column if (n := _number(value)) is not None), default=None)
+        for column in zip(*grid, strict=True)
+    ]
     table_rows = [
         [_e(row.get("arm", "?"), 80)]
-        + [_cell(get(row), best[name]) for name, get in columns]
+        + [_cell(value, top) for value, top in zip(cells, best, strict=True)]
         + [fmt(n) if (n := _number(row.get("train_rows"))) is not None else "–"]
-        for row in rows
+        for row, cells in zip(rows, grid, strict=True)
     ]
     table = _table(
-        ["arm", *(escape(n) for n, _ in columns), "train rows"], table_rows, cls="experiment"
+        ["arm", *map(escape, tasks), "average", "train rows"], table_rows, cls="experiment"
     )
     averages = [
         (str(r.get("arm", "?")), n) for r in rows if (n := _number(r.get("average"))) is not None
@@ -655,12 +661,13 @@ _SCRIPT = "document.documentElement.dataset.rendered = 'yes';"
 def build_report(run_dir: str | Path) -> str:
     """The HTML text of the report for a run directory."""
     run = load_run(run_dir)
+    name = escape(run.path.name or str(run.path))
     body = []
     for key, title, render in SECTIONS:
         body.append(f'<section id="{key}"><h2>{escape(title)}</h2>{render(run)}</section>')
     config = run.path / "config.yaml"
     head = [
-        f"<h1>lmmixup run report: {escape(run.path.name or str(run.path))}</h1>",
+        f"<h1>lmmixup run report: {name}</h1>",
         f"<p>Run directory <code>{escape(str(run.path.resolve()))}</code>; generated "
         f"{datetime.now(UTC).isoformat(timespec='seconds')}.</p>",
         "<nav>" + "".join(f'<a href="#{k}">{escape(t)}</a>' for k, t, _ in SECTIONS) + "</nav>",
@@ -679,7 +686,7 @@ def build_report(run_dir: str | Path) -> str:
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         f'<meta http-equiv="Content-Security-Policy" content="{_CSP}">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>lmmixup report: {escape(run.path.name)}</title><style>{_STYLE}</style></head>"
+        f"<title>lmmixup report: {name}</title><style>{_STYLE}</style></head>"
         f"<body>{''.join(head)}{''.join(body)}<script>{_SCRIPT}</script></body></html>\n"
     )
 
@@ -688,8 +695,5 @@ def write_report(run_dir: str | Path, output: str | Path | None = None) -> Path:
     """Write the report (default RUN_DIR/report.html) atomically; returns its path."""
     html = build_report(run_dir)
     output = Path(output) if output is not None else Path(run_dir) / REPORT_FILE
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
-    tmp.write_text(html, encoding="utf-8")
-    tmp.replace(output)
+    write_text_atomic(output, html)
     return output

@@ -163,7 +163,7 @@ def hbar_chart(labels: Sequence[str], values: Sequence[float], *, title: str) ->
     row, left = 22, 230
     height = TOP + row * len(values) + 16
     lo, hi = min(min(values), 0), max(max(values), 0)
-    frame = _Frame(lo, hi if hi > lo else 1, 0, 1, left=left + 34, width=WIDTH - left - 94)
+    frame = _Frame(lo, hi, 0, 1, left=left + 34, width=WIDTH - left - 94)
     zero = frame.x(0)
     parts = []
     if lo < 0:

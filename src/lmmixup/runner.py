@@ -28,7 +28,13 @@ from typing import Any
 
 from lmmixup.errors import StageMismatchError
 from lmmixup.hashing import hash_file, hash_value
-from lmmixup.io import AppendWriter, compact_done, read_records, reject_record
+from lmmixup.io import (
+    AppendWriter,
+    compact_done,
+    read_records,
+    reject_record,
+    write_text_atomic,
+)
 from lmmixup.progress import progress
 
 BatchFn = Callable[[list[dict]], list[dict]]
@@ -123,9 +129,7 @@ def read_manifest(path: Path) -> dict | None:
 
 
 def write_manifest(path: Path, manifest: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False, default=str))
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(manifest, indent=2, ensure_ascii=False, default=str))
 
 
 @dataclass
