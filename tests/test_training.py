@@ -176,6 +176,12 @@ def test_sft_collated_batch_masks_prompt_and_ends_on_eos(tiny_llama, mixture_dir
         assert tokenizer.decode(ids[:first]).endswith("<|im_start|>assistant\n")
 
 
+def test_a_missing_split_fails_before_the_model_loads(tmp_path):
+    cfg = SFTTrainConfig(mixture=str(tmp_path), model=str(tmp_path / "no-such-model"))
+    with pytest.raises(LmmixupError, match=r"sft.jsonl does not exist"):
+        build_sft_trainer(cfg)
+
+
 def test_full_fine_tune_saves_the_trained_weights(tiny_llama, mixture_dir, tmp_path):
     from safetensors.torch import load_file
 

@@ -10,7 +10,6 @@ context it later sees in `lmmixup distill`.
 from __future__ import annotations
 
 import importlib.util
-import json
 import shutil
 import time
 from collections.abc import Callable, Mapping
@@ -20,10 +19,11 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from lmmixup.config import DEFAULT_LM, Section
+from lmmixup.config import DEFAULT_LM, OPERATIONAL, Section
 from lmmixup.errors import LmmixupError
 from lmmixup.io import dumps, iter_jsonl, read_records
 from lmmixup.mixture import prompt_messages, target_text
+from lmmixup.runner import write_manifest
 
 FINAL_DIR = "final"
 STEPS_FILE = "steps.jsonl"
@@ -75,19 +75,19 @@ class BaseTrainSettings(Section):
         50,
         ge=1,
         description="Write a checkpoint every N steps (and at the end); a re-run resumes from the last.",
-        json_schema_extra={"operational": True},
+        json_schema_extra=OPERATIONAL,
     )
     save_total_limit: int | None = Field(
         2,
         ge=1,
         description="Keep at most this many checkpoints (null = all).",
-        json_schema_extra={"operational": True},
+        json_schema_extra=OPERATIONAL,
     )
     logging_steps: int = Field(
         1,
         ge=1,
         description="Log metrics to steps.jsonl every N steps.",
-        json_schema_extra={"operational": True},
+        json_schema_extra=OPERATIONAL,
     )
     gradient_checkpointing: bool = Field(
         True,
@@ -271,7 +271,7 @@ def supervised_trainer(
     args = SFTConfig(
         **trainer_arguments(cfg, learning_rate),
         num_train_epochs=cfg.epochs,
-        warmup_steps=cfg.warmup_ratio,
+        warmup_steps=cfg.warmup_ratio,  # transformers 5: a value below 1 is a share of the steps
         weight_decay=cfg.weight_decay,
         lr_scheduler_type=cfg.lr_scheduler,
         per_device_train_batch_size=cfg.batch_size,
@@ -463,6 +463,5 @@ def run_training(
         **(extra or {}),
         "config": cfg.model_dump(mode="json"),
     }
-    path = Path(cfg.output_dir) / SUMMARY_FILE
-    path.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_manifest(Path(cfg.output_dir) / SUMMARY_FILE, summary)
     return summary

@@ -37,7 +37,6 @@ from lmmixup.rewards import (
 )
 from lmmixup.training.common import (
     STEPS_FILE,
-    Rows,
     TrainSettings,
     compact_lm_head_on_cpu,
     fitting_rows,
@@ -197,27 +196,24 @@ class GRPOTrainConfig(TrainSettings):
     epochs: float = Field(1.0, gt=0, description="Passes over grpo_train.jsonl (paper: 1).")
 
 
-def grpo_rows(cfg: GRPOTrainConfig, tokenizer: Any) -> Rows:
-    """GRPO rows (prompt messages, task_type, reference) whose prompt fits `max_prompt_length`."""
-    return fitting_rows(
-        read_split(cfg.mixture, "grpo_train"),
-        grpo_row,
-        lambda row: len(prompt_ids(tokenizer, row["prompt"])),
-        cfg.max_prompt_length,
-        "max_prompt_length",
-    )
-
-
 def build_grpo_trainer(cfg: GRPOTrainConfig, rewards: RewardSet):
-    """The GRPOTrainer, its tokenizer and its rows, ready to train."""
+    """The GRPOTrainer, its tokenizer and its rows (prompts within `max_prompt_length`), ready
+    to train."""
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 
     if set(rewards.functions) != set(COMPONENTS):
         raise LmmixupError(f"GRPO needs all reward components {COMPONENTS}")
     compact_lm_head_on_cpu()
+    records = read_split(cfg.mixture, "grpo_train")  # before the model load: fails fast
     model, tokenizer = load_model_and_tokenizer(cfg.model)
-    rows = grpo_rows(cfg, tokenizer)
+    rows = fitting_rows(
+        records,
+        grpo_row,
+        lambda row: len(prompt_ids(tokenizer, row["prompt"])),
+        cfg.max_prompt_length,
+        "max_prompt_length",
+    )
     args = GRPOConfig(
         **trainer_arguments(
             cfg, cfg.resolved_learning_rate(LORA_LEARNING_RATE, FULL_LEARNING_RATE)

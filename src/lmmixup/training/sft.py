@@ -19,7 +19,6 @@ from typing import Any, Literal
 from pydantic import Field
 
 from lmmixup.training.common import (
-    Rows,
     TrainSettings,
     fitting_rows,
     load_model_and_tokenizer,
@@ -59,21 +58,17 @@ class SFTTrainConfig(TrainSettings):
     )
 
 
-def sft_rows(cfg: SFTTrainConfig, tokenizer: Any) -> Rows:
-    """Tokenised SFT rows (input_ids, labels) of the records that fit `max_length`."""
-    return fitting_rows(
-        read_split(cfg.mixture, "sft"),
+def build_sft_trainer(cfg: SFTTrainConfig):
+    """The SFTTrainer, its tokenizer and its rows (tokenised, within `max_length`), ready to train."""
+    records = read_split(cfg.mixture, "sft")  # before the model load: a missing file fails fast
+    model, tokenizer = load_model_and_tokenizer(cfg.model)
+    rows = fitting_rows(
+        records,
         lambda record: sft_example(record, tokenizer),
         lambda row: len(row["input_ids"]),
         cfg.max_length,
         "max_length",
     )
-
-
-def build_sft_trainer(cfg: SFTTrainConfig):
-    """The SFTTrainer, its tokenizer and its rows, ready to train."""
-    model, tokenizer = load_model_and_tokenizer(cfg.model)
-    rows = sft_rows(cfg, tokenizer)
     learning_rate = cfg.resolved_learning_rate(LORA_LEARNING_RATE, FULL_LEARNING_RATE)
     return supervised_trainer(cfg, model, tokenizer, rows, learning_rate), tokenizer, rows
 
