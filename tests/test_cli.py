@@ -37,3 +37,21 @@ def test_config_init_then_check(tmp_path):
     (tmp_path / "bad.yaml").write_text("rate:\n  modee: logprob\n")
     bad = _run("config", "check", "bad.yaml", cwd=tmp_path)
     assert bad.returncode == 2 and "unknown key 'rate.modee'" in bad.stderr
+
+
+def test_config_check_validates_an_experiment_section(tmp_path):
+    (tmp_path / "exp.yaml").write_text(
+        "import: {holdout_fraction: 0.2}\n"
+        "experiment:\n  arms: [random, mixup-3:7]\n  eval: {tasks: [lmmixup_heldout]}\n"
+    )
+    good = _run("config", "check", "exp.yaml", cwd=tmp_path)
+    assert good.returncode == 0 and "experiment section" in good.stdout
+    (tmp_path / "arm.yaml").write_text("experiment:\n  arms: [random, mixup-37]\n")
+    bad_arm = _run("config", "check", "arm.yaml", cwd=tmp_path)
+    assert bad_arm.returncode == 2 and "unknown arm 'mixup-37'" in bad_arm.stderr
+    (tmp_path / "ft.yaml").write_text("experiment:\n  finetune: {epochz: 1}\n")
+    bad_ft = _run("config", "check", "ft.yaml", cwd=tmp_path)
+    assert bad_ft.returncode == 2 and "epochz" in bad_ft.stderr
+    (tmp_path / "held.yaml").write_text("experiment:\n  eval: {tasks: [lmmixup_heldout]}\n")
+    no_rows = _run("config", "check", "held.yaml", cwd=tmp_path)
+    assert no_rows.returncode == 2 and "holdout_fraction" in no_rows.stderr

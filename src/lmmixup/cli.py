@@ -194,9 +194,27 @@ def config_init(
     _echo(f"wrote {output}")
 
 
-@config_app.command("check", epilog="Example:\n\n    lmmixup config check lmmixup.yaml")
-def config_check(path: Annotated[Path, typer.Argument(help="A run config.")]) -> None:
-    """Validate a run config; unknown keys and bad values are named."""
+@config_app.command(
+    "check",
+    epilog="Examples:\n\n    lmmixup config check lmmixup.yaml\n\n"
+    "    lmmixup config check my_experiment.yaml",
+)
+def config_check(
+    path: Annotated[Path, typer.Argument(help="A run config, or an experiment config.")],
+) -> None:
+    """Validate a run config; unknown keys and bad values are named.
+
+    A file with an `experiment:` section is checked as `lmmixup experiment` reads it: its arms,
+    its fine-tune and evaluation options, and the held-out rows its tasks need.
+    """
+    from lmmixup.config import load_yaml
+
+    if "experiment" in load_yaml(path):
+        from lmmixup.experiment import check_config, load_experiment_config
+
+        check_config(*load_experiment_config(path, []))
+        _echo(f"{path}: ok (run sections and experiment section)")
+        return
     from lmmixup.pipeline import load_run_config
 
     load_run_config(path, [])
