@@ -32,6 +32,7 @@ def _experiment_yaml(tmp_path, lab, tiny_llama) -> tuple:
     data = json.loads(_config(tmp_path, lab.base_url, tmp_path / "pool.jsonl").read_text())
     data["import"]["holdout_fraction"] = 0.15
     data["select"]["budget"] = BUDGET
+    data["split"] = {"high_fraction": 0.4}  # the high/low arms must follow the split's bands
     data["experiment"] = {
         "base_model": str(tiny_llama),
         "arms": ARMS,
@@ -76,6 +77,11 @@ def test_every_arm_trains_on_the_budget_and_the_table_has_every_arm(
     assert planted["id"] not in {r["id"] for r in heldout}  # seed 0 keeps it in the pool
     dropped = read_records(run / "decontaminate" / "rejects.jsonl")
     assert {r["id"] for r in dropped} == {planted["id"]}
+    split_high = {r["id"] for r in read_records(run / "split" / "high.jsonl")}
+    low_arm = {r["id"] for r in read_records(run / "arm-low-only" / "train.jsonl")}
+    assert not low_arm & split_high
+    high_low = {r["id"] for r in read_records(run / "arm-high-low-5to5" / "train.jsonl")}
+    assert len(high_low & split_high) == BUDGET // 2
     origins = read_records(run / "arm-mixup-5to5" / "train.jsonl")
     assert {r["origin"] for r in origins} == {"distilled", "original"}
     assert (run / "experiment" / "results.md").read_text().count("\n| ") == len(ARMS) + 1

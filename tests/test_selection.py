@@ -251,6 +251,26 @@ def test_quality_bands():
     assert len(_high(mixed.records)) == 70 and len(_low(mixed.records)) == 30
 
 
+def test_quality_bands_from_the_split_high_part():
+    # A weak judge: every record scores 2, so "score >= 4" finds no high band at all; the
+    # split's top fraction (given as ids) defines the bands instead.
+    pool = _pool(100, seed=14, unrated=0.1)
+    for record in pool:
+        if record["rating"] is not None:
+            record["rating"]["score"] = 2
+    with pytest.raises(ShortfallError):
+        high_only(pool, budget=5)
+    rated = [r for r in pool if r["rating"] is not None]
+    high_ids = {r["id"] for r in rated[:20]} | {next(r["id"] for r in pool if not r["rating"])}
+    high = high_only(pool, budget=20, high_ids=high_ids)
+    assert _ids(high.records) == {r["id"] for r in rated[:20]}  # the unrated id is excluded
+    low = low_only(pool, budget=len(rated) - 20, high_ids=high_ids)
+    assert _ids(low.records) == {r["id"] for r in rated[20:]}
+    mixed = high_low_mix(pool, budget=10, high_ratio="3:7", high_ids=high_ids)
+    assert len(_ids(mixed.records) & high_ids) == 3
+    assert mixed.summary["bands"] == "split's high part"
+
+
 def test_high_only_never_borrows_low_records():
     pool = _pool(200, seed=11)
     with pytest.raises(ShortfallError):

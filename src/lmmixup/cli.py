@@ -483,7 +483,8 @@ def distill(
 @app.command(
     epilog="Examples:\n\n    lmmixup select --original high.jsonl --mixup distilled.jsonl -o train.jsonl --budget 10000 --mixup-ratio 0.3\n\n"
     "    lmmixup select --baseline random --pool rated.jsonl -o random.jsonl --budget 10000\n\n"
-    "    lmmixup select --baseline ds2-like --pool rated.jsonl -o ds2.jsonl --budget 10000"
+    "    lmmixup select --baseline ds2-like --pool rated.jsonl -o ds2.jsonl --budget 10000\n\n"
+    "    lmmixup select --baseline high-only --pool rated.jsonl --high high.jsonl -o high.train.jsonl"
 )
 def select(
     output: Annotated[
@@ -502,6 +503,12 @@ def select(
         ),
     ] = None,
     pool: Annotated[Path | None, typer.Option(help="Rated pool, for --baseline.")] = None,
+    high: Annotated[
+        Path | None,
+        typer.Option(
+            help="The split's high part: high-only, low-only and high-low take their bands from it instead of score >= 4."
+        ),
+    ] = None,
     config: ConfigOpt = None,
     sets: SetOpt = None,
     budget: Annotated[int | None, typer.Option(help="Rows in the training set.")] = None,
@@ -537,7 +544,7 @@ def select(
     if baseline is not None:
         if baseline not in BASELINES or pool is None:
             raise LmmixupError(f"--baseline takes one of {', '.join(BASELINES)} and needs --pool")
-        summary = select_baseline(baseline, pool, output, cfg)
+        summary = select_baseline(baseline, pool, output, cfg, high=high)
     elif original is None or mixup is None:
         raise LmmixupError("give --original and --mixup (or --baseline NAME --pool RATED)")
     else:

@@ -183,7 +183,8 @@ def _select_arm(arm: str, clean: dict[str, Path], output: Path, select: SelectCo
         )
     if kind == "high-low":  # the baseline takes 1 - mixup_ratio as the high share
         select = select.model_copy(update={"mixup_ratio": 1 - ratio})
-    return select_baseline(kind, clean["rated"], output, select)
+    # High and low are what the run's split stage called them (it may take a top fraction).
+    return select_baseline(kind, clean["rated"], output, select, high=clean["high"])
 
 
 def _evaluate(

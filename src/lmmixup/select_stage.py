@@ -7,7 +7,7 @@ The training set is prompt/completion JSONL that keeps each row's origin and lin
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 import numpy as np
@@ -77,16 +77,24 @@ def select_files(
     return write_selection(selection, output)
 
 
-def _baselines() -> dict[str, Callable]:
+def _baselines(high_ids: Collection[str] | None) -> dict[str, Callable]:
     from lmmixup import selection as sel
 
     return {
         "random": lambda pool, cfg, lt: sel.random_subset(pool, budget=cfg.budget, seed=cfg.seed),
         "full": lambda pool, cfg, lt: sel.full_pool(pool, seed=cfg.seed),
-        "high-only": lambda pool, cfg, lt: sel.high_only(pool, budget=cfg.budget, seed=cfg.seed),
-        "low-only": lambda pool, cfg, lt: sel.low_only(pool, budget=cfg.budget, seed=cfg.seed),
+        "high-only": lambda pool, cfg, lt: sel.high_only(
+            pool, budget=cfg.budget, seed=cfg.seed, high_ids=high_ids
+        ),
+        "low-only": lambda pool, cfg, lt: sel.low_only(
+            pool, budget=cfg.budget, seed=cfg.seed, high_ids=high_ids
+        ),
         "high-low": lambda pool, cfg, lt: sel.high_low_mix(
-            pool, budget=cfg.budget, high_ratio=1 - cfg.mixup_ratio, seed=cfg.seed
+            pool,
+            budget=cfg.budget,
+            high_ratio=1 - cfg.mixup_ratio,
+            seed=cfg.seed,
+            high_ids=high_ids,
         ),
         "label-filtered": lambda pool, cfg, lt: sel.label_filtered(
             pool, budget=cfg.budget, seed=cfg.seed
@@ -100,9 +108,13 @@ def _baselines() -> dict[str, Callable]:
 BASELINES = ("random", "full", "high-only", "low-only", "high-low", "label-filtered", "ds2-like")
 
 
-def select_baseline(name: str, rated_pool: Path, output: Path, cfg: SelectConfig) -> dict:
+def select_baseline(
+    name: str, rated_pool: Path, output: Path, cfg: SelectConfig, high: Path | None = None
+) -> dict:
     """A baseline selection of the rated pool at the same budget (`high-low` uses 1 - ratio as
-    the high share)."""
+    the high share). `high`: the split stage's high part, which then defines the high band of
+    high-only, low-only and high-low (else score >= 4)."""
     pool = read_records(rated_pool)
-    selection = _baselines()[name](pool, cfg, lambda: long_tail(pool, cfg))
+    high_ids = {r["id"] for r in read_records(high)} if high is not None else None
+    selection = _baselines(high_ids)[name](pool, cfg, lambda: long_tail(pool, cfg))
     return write_selection(selection, output)

@@ -15,7 +15,7 @@ passes ``allow_short=True`` (then the summary says by how much it is short).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -201,17 +201,33 @@ def full_pool(pool: Sequence[Record], *, seed: int = 42) -> Selection:
 
 
 def high_only(
-    pool: Sequence[Record], *, budget: int, seed: int = 42, allow_short: bool = False
+    pool: Sequence[Record],
+    *,
+    budget: int,
+    seed: int = 42,
+    allow_short: bool = False,
+    high_ids: Collection[str] | None = None,
 ) -> Selection:
-    """A random sample of the high-quality records (score >= 4); unrated ones excluded."""
-    return high_low_mix(pool, budget=budget, high_ratio=1.0, seed=seed, allow_short=allow_short)
+    """A random sample of the high-quality records; unrated ones excluded (bands: see
+    :func:`high_low_mix`)."""
+    return high_low_mix(
+        pool, budget=budget, high_ratio=1.0, seed=seed, allow_short=allow_short, high_ids=high_ids
+    )
 
 
 def low_only(
-    pool: Sequence[Record], *, budget: int, seed: int = 42, allow_short: bool = False
+    pool: Sequence[Record],
+    *,
+    budget: int,
+    seed: int = 42,
+    allow_short: bool = False,
+    high_ids: Collection[str] | None = None,
 ) -> Selection:
-    """A random sample of the low-quality records (score < 4); unrated ones excluded."""
-    return high_low_mix(pool, budget=budget, high_ratio=0.0, seed=seed, allow_short=allow_short)
+    """A random sample of the low-quality records; unrated ones excluded (bands: see
+    :func:`high_low_mix`)."""
+    return high_low_mix(
+        pool, budget=budget, high_ratio=0.0, seed=seed, allow_short=allow_short, high_ids=high_ids
+    )
 
 
 def high_low_mix(
@@ -221,19 +237,27 @@ def high_low_mix(
     high_ratio: float | str,
     seed: int = 42,
     allow_short: bool = False,
+    high_ids: Collection[str] | None = None,
 ) -> Selection:
     """Random high- and low-quality records at a ratio (``0.7`` or ``"7:3"`` = high:low).
 
-    Each band (score >= 4, score < 4) is sampled at random; a band that runs short is
-    filled from the other one. The pure ends (ratio 1: high-only, ratio 0: low-only) use
-    one band and never borrow from the other. Unrated records are excluded.
+    The bands are score >= 4 and score < 4, or, when ``high_ids`` is given (the ids of the
+    split stage's high part, e.g. when the split took a top fraction), those ids and every
+    other rated record. Each band is sampled at random; a band that runs short is filled
+    from the other one. The pure ends (ratio 1: high-only, ratio 0: low-only) use one band
+    and never borrow from the other. Unrated records are excluded.
     """
     fraction = parse_ratio(high_ratio)
     n_high = _split_count(budget, fraction)
     scores = [record_score(r) for r in pool]
+    if high_ids is None:
+        in_high = [s is not None and s >= HIGH_SCORE for s in scores]
+    else:
+        in_high = [r["id"] in high_ids for r in pool]
+    rated = [i for i, s in enumerate(scores) if s is not None]
     bands = {
-        "high": [i for i, s in enumerate(scores) if s is not None and s >= HIGH_SCORE],
-        "low": [i for i, s in enumerate(scores) if s is not None and s < HIGH_SCORE],
+        "high": [i for i in rated if in_high[i]],
+        "low": [i for i in rated if not in_high[i]],
     }
     wanted = {"high": n_high, "low": budget - n_high}
     rng = _sample_rng(seed)
@@ -250,6 +274,7 @@ def high_low_mix(
         seed,
         allow_short,
         high_ratio=fraction,
+        bands="split's high part" if high_ids is not None else f"score >= {HIGH_SCORE}",
         unrated_excluded=scores.count(None),
     )
 
