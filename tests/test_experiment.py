@@ -91,6 +91,17 @@ def test_every_arm_trains_on_the_budget_and_the_table_has_every_arm(
     again = run_experiment(cfg, exp, run)  # every stage done: nothing is asked or trained again
     assert again == table and lab.count == requests
 
+    # An arm whose band cannot fill the budget stops the run before any arm trains.
+    too_big = cfg.model_copy(
+        update={"select": cfg.select.model_copy(update={"budget": len(split_high) + 1})}
+    )
+    random_manifest = (run / "arm-random" / "manifest.json").read_text()
+    high_only = exp.model_copy(update={"arms": ["random", "high-only"]})
+    with pytest.raises(LmmixupError, match="arm high-only cannot fill the budget"):
+        run_experiment(too_big, high_only, run, force=True)
+    assert (run / "arm-random" / "manifest.json").read_text() == random_manifest
+    assert not (run / "arm-high-only").exists() and not list(run.glob(".check-*"))
+
 
 def test_bad_arms_and_missing_holdout_fail_before_any_work(tmp_path):
     with pytest.raises(LmmixupError, match="unknown arm"):
@@ -109,5 +120,5 @@ def test_bad_arms_and_missing_holdout_fail_before_any_work(tmp_path):
 
 def test_bundled_experiment_config_is_valid():
     cfg, exp = load_experiment_config(None, ["experiment.arms=[random, mixup-3:7]"])
-    assert cfg.import_.holdout_fraction > 0 and cfg.select.budget == 30
+    assert cfg.import_.holdout_fraction > 0 and cfg.select.budget == 24
     assert exp.arms == ["random", "mixup-3:7"] and exp.finetune["epochs"] == 1

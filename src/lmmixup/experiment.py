@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -187,6 +188,24 @@ def _select_arm(arm: str, clean: dict[str, Path], output: Path, select: SelectCo
     return select_baseline(kind, clean["rated"], output, select, high=clean["high"])
 
 
+def _check_selectable(
+    arms: list[str], clean: dict[str, Path], select: SelectConfig, run_dir: Path
+) -> None:
+    """Select every arm once before any fine-tune, so an arm whose candidates cannot fill the
+    budget stops the run now instead of after the arms before it have trained."""
+    from lmmixup.selection import ShortfallError
+
+    with tempfile.TemporaryDirectory(dir=run_dir, prefix=".check-") as folder:
+        for arm in arms:
+            try:
+                _select_arm(arm, clean, Path(folder) / "train.jsonl", select)
+            except ShortfallError as exc:
+                raise LmmixupError(
+                    f"arm {arm} cannot fill the budget of {select.budget} rows ({exc}): "
+                    "lower select.budget or leave the arm out"
+                ) from None
+
+
 def _evaluate(
     stage: StageDir, label: str, model: str, exp: ExperimentConfig, heldout: Path | None
 ) -> None:
@@ -261,6 +280,7 @@ def run_experiment(
         follow_inputs=True,
     )
     clean = {name: clean_stage.path / f"{name}.jsonl" for name in candidates}
+    _check_selectable(exp.arms, clean, cfg.select, run_dir)
     manifests = {}
     for arm in exp.arms:
         manifests[arm] = run_stage(
