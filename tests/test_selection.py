@@ -286,6 +286,16 @@ def test_high_low_mix_fills_a_short_band():
     assert result.summary["filled_shortfall"]["low"] > 0
 
 
+def test_label_filtered_reads_propagated_ratings_by_their_score():
+    pool = _pool(40, seed=15)
+    for record in pool:  # kNN-Bayes ratings carry the 0..5 score only
+        record["rating"] = {"overall": None, "score": 1}
+    pool[7]["rating"]["score"] = 5  # compresses from overall 9 or more: passes the filter
+    result = label_filtered(pool, budget=3, seed=1)
+    passed = [w["id"] for w in result.why if not w.get("filled_shortfall")]
+    assert passed == [pool[7]["id"]] and len(result.records) == 3
+
+
 def test_label_filtered_prefers_the_highest_tiers():
     pool = _pool(500, seed=13)
     passing = [r for r in pool if r["rating"]["overall"] >= 9]

@@ -100,6 +100,12 @@ def record_score(record: Record) -> int | None:
     return None if rating is None else int(rating["score"])
 
 
+def _overall(rating: dict) -> int:
+    """A rating's 1..10 overall; ``score + 4`` when only the compressed score is known."""
+    overall = rating.get("overall")
+    return int(overall) if overall is not None else int(rating["score"]) + 4
+
+
 def rank_records(records: Sequence[Record], long_tail: np.ndarray) -> np.ndarray:
     """Indices of ``records`` ordered by (score desc, long-tail desc, id asc).
 
@@ -291,10 +297,12 @@ def label_filtered(
 
     When too few pass, the next rating tiers (overall ``min_overall - 1``, then lower) fill
     the rest, highest tier first and at random within a tier; those rows are flagged
-    ``filled_shortfall``. Unrated records are excluded.
+    ``filled_shortfall``. Unrated records are excluded. A rating with no overall (kNN-Bayes
+    propagates only the 0..5 score) counts as overall ``score + 4``, the overall that score
+    compresses from (score 0: overall 4 or less).
     """
     rated = np.array([i for i, r in enumerate(pool) if r.get("rating") is not None], dtype=np.int64)
-    overall = np.array([int(pool[i]["rating"]["overall"]) for i in rated], dtype=np.int64)
+    overall = np.array([_overall(pool[i]["rating"]) for i in rated], dtype=np.int64)
     tiebreak = _sample_rng(seed).random(len(rated))
     by_tier = np.lexsort((tiebreak, -overall))
     passing = overall[by_tier] >= min_overall
