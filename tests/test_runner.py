@@ -14,7 +14,7 @@ import pytest
 
 from lmmixup.errors import StageMismatchError
 from lmmixup.io import compact_done, read_records, repair_tail, write_records
-from lmmixup.runner import REJECT_KEY, numbered, process_records, run_stage
+from lmmixup.runner import REJECT_KEY, numbered, process_records, run_stage, stage_is_current
 
 HERE = Path(__file__).parent
 
@@ -146,3 +146,18 @@ def test_repair_tail_cuts_only_a_partial_line(tmp_path):
     path.write_text('{"id"')
     repair_tail(path)
     assert path.read_text() == ""
+
+
+def test_stage_is_current_only_for_a_complete_stage_with_the_same_config_and_inputs(tmp_path):
+    source = tmp_path / "in.jsonl"
+    write_records(source, [{"id": "a"}])
+    args = {"inputs": [source], "config": {"k": 1}}
+    assert not stage_is_current(tmp_path, "s", **args)  # never run
+    with pytest.raises(RuntimeError):
+        run_stage(tmp_path, "s", **args, body=lambda stage: (_ for _ in ()).throw(RuntimeError()))
+    assert not stage_is_current(tmp_path, "s", **args)  # interrupted
+    run_stage(tmp_path, "s", **args, body=lambda stage: None)
+    assert stage_is_current(tmp_path, "s", **args)
+    assert not stage_is_current(tmp_path, "s", inputs=[source], config={"k": 2})
+    write_records(source, [{"id": "b"}])
+    assert not stage_is_current(tmp_path, "s", **args)

@@ -314,3 +314,26 @@ def test_ds2_like_takes_the_top_of_the_ranking():
     long_tail = np.random.default_rng(14).random(300)
     result = ds2_like(pool, budget=40, long_tail=long_tail)
     assert _ids(result.records) == {pool[i]["id"] for i in rank_records(pool, long_tail)[:40]}
+
+
+def test_long_tail_embeds_a_record_set_once(monkeypatch):
+    from lmmixup import select_stage
+    from lmmixup.config import SelectConfig
+
+    class CountingEmbedder:
+        calls = 0
+
+        def encode(self, texts, description=""):
+            CountingEmbedder.calls += 1
+            return _unit(len(texts), 8, seed=len(texts))
+
+    embedder = CountingEmbedder()
+    monkeypatch.setattr(select_stage, "load_embedder", lambda name: embedder)
+    cfg = SelectConfig(long_tail_k=3)
+    pool = _pool(30, seed=16)
+    first = select_stage.long_tail(pool, cfg)
+    first[:] = -1  # callers get their own copy
+    again = select_stage.long_tail(pool, cfg)
+    assert CountingEmbedder.calls == 1 and (again >= 0).all()
+    select_stage.long_tail(pool[:20], cfg)  # another set is embedded
+    assert CountingEmbedder.calls == 2

@@ -27,7 +27,7 @@ from pydantic import Field
 from lmmixup.config import DEFAULT_LM, RunConfig, Section, SelectConfig, result_config, validate
 from lmmixup.errors import LmmixupError
 from lmmixup.io import read_records, write_records, write_text_atomic
-from lmmixup.runner import StageDir, run_stage
+from lmmixup.runner import StageDir, run_stage, stage_is_current
 
 DEFAULT_ARMS = [
     "random",
@@ -280,14 +280,24 @@ def run_experiment(
         follow_inputs=True,
     )
     clean = {name: clean_stage.path / f"{name}.jsonl" for name in candidates}
-    _check_selectable(exp.arms, clean, cfg.select, run_dir)
+    arm_inputs = [*clean.values(), heldout_file]
+    arm_configs = {
+        arm: {"arm": arm, "select": result_config(cfg.select), "experiment": exp_json}
+        for arm in exp.arms
+    }
+    pending = [
+        arm
+        for arm in exp.arms
+        if not stage_is_current(run_dir, f"arm-{arm_slug(arm)}", arm_inputs, arm_configs[arm])
+    ]
+    _check_selectable(pending, clean, cfg.select, run_dir)
     manifests = {}
     for arm in exp.arms:
         manifests[arm] = run_stage(
             run_dir,
             f"arm-{arm_slug(arm)}",
-            inputs=[*clean.values(), heldout_file],
-            config={"arm": arm, "select": result_config(cfg.select), "experiment": exp_json},
+            inputs=arm_inputs,
+            config=arm_configs[arm],
             body=lambda stage, arm=arm: _arm_body(stage, arm, cfg, exp, clean, heldout, eval_sets),
             force=force,
             follow_inputs=True,

@@ -124,6 +124,16 @@ def _refusal(name: str, path: Path, keys: list[str], files: list[str]) -> StageM
     )
 
 
+def stage_is_current(
+    run_dir: str | Path, name: str, inputs: Iterable[str | Path], config: dict
+) -> bool:
+    """Whether `run_stage` would skip this stage: complete, with the same config and inputs."""
+    manifest = read_manifest(Path(run_dir) / name / "manifest.json")
+    if manifest is None or manifest.get("status") != "complete":
+        return False
+    return _changes(manifest, _fingerprint([Path(p) for p in inputs], config)) == ([], [])
+
+
 def read_manifest(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
