@@ -159,9 +159,10 @@ def test_build_messages_carry_the_layout_and_the_members():
     members = [{"prompt": "p1", "completion": "c1"}, {"prompt": "p2", "completion": "c2"}]
     system, user = build_messages(members, "cs", CFG)
     assert (system["role"], user["role"]) == ("system", "user")
-    assert "<think>" in system["content"] and "<answer>\nC: " in system["content"]
-    assert user["content"].endswith("Q: p1\nA: c1\n\nQ: p2\nA: c2")
-    assert "2 examples" in user["content"]
+    assert "<think>" in system["content"] and "<answer>" in system["content"]
+    assert "Q: p1\nA: c1\n\nQ: p2\nA: c2\n\n" in user["content"]
+    assert user["content"].endswith("in this layout:\nC: <the category>\nS: <a statement about it>")
+    assert "2 examples" in user["content"] and "a category and a statement" in user["content"]
 
 
 # ---------------------------------------------------------------------------- faithfulness

@@ -176,6 +176,18 @@ def test_sft_collated_batch_masks_prompt_and_ends_on_eos(tiny_llama, mixture_dir
         assert tokenizer.decode(ids[:first]).endswith("<|im_start|>assistant\n")
 
 
+def test_sft_batches_group_sequences_of_similar_length(tiny_llama, mixture_dir, tmp_path):
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    settings = sft_config(tiny_llama, mixture_dir, tmp_path, max_steps=1)
+    grouped, _, rows = build_sft_trainer(SFTTrainConfig(**settings))
+    sampler = grouped._get_train_sampler()
+    assert isinstance(sampler, LengthGroupedSampler)
+    assert sorted(sampler) == list(range(len(rows.rows)))  # every row, once
+    shuffled, _, _ = build_sft_trainer(SFTTrainConfig(**settings, group_by_length=False))
+    assert not isinstance(shuffled._get_train_sampler(), LengthGroupedSampler)
+
+
 def test_a_missing_split_fails_before_the_model_loads(tmp_path):
     cfg = SFTTrainConfig(mixture=str(tmp_path), model=str(tmp_path / "no-such-model"))
     with pytest.raises(LmmixupError, match=r"sft.jsonl does not exist"):

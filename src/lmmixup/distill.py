@@ -47,10 +47,13 @@ SYSTEM_PROMPT = (
     "correct and complete.\n"
     "Reply with exactly these two blocks and nothing outside them:\n"
     "<think>\nshort notes on what to keep and how to combine it\n</think>\n"
-    "<answer>\n{layout}\n</answer>"
+    "<answer>\nthe merged example, in the layout the user asks for\n</answer>"
 )
+# The layout comes last, right before the reply: a small model follows what it read last.
 USER_PROMPT = (
     "Merge these {count} examples into a single coherent, high-quality example.\n\n{examples}"
+    "\n\nThe merged example is {description}. Write it in the <answer> block in this layout:\n"
+    "{layout}"
 )
 
 
@@ -83,12 +86,14 @@ def build_messages(
     members: Sequence[Mapping[str, Any]], task_type: str, cfg: DistillConfig
 ) -> list[dict]:
     """The chat messages asking the distiller to merge a cluster into one pair of `task_type`."""
-    layout = task_format(task_type).layout
-    examples = linearise(members, cfg.max_member_chars)
-    return [
-        {"role": "system", "content": SYSTEM_PROMPT.format(layout=layout)},
-        {"role": "user", "content": USER_PROMPT.format(count=len(members), examples=examples)},
-    ]
+    task = task_format(task_type)
+    user = USER_PROMPT.format(
+        count=len(members),
+        examples=linearise(members, cfg.max_member_chars),
+        description=task.description,
+        layout=task.layout,
+    )
+    return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
 
 
 # ---------------------------------------------------------------------------- the reply

@@ -22,9 +22,10 @@ _FLAGS = re.IGNORECASE | re.DOTALL
 
 @dataclass(frozen=True)
 class TaskFormat:
-    """A task type: the answer layout shown to the model and the pattern that finds its parts."""
+    """A task type: what it is, the answer layout shown to the model, the pattern finding its parts."""
 
     name: str
+    description: str
     layout: str
     pattern: re.Pattern[str]
 
@@ -32,11 +33,13 @@ class TaskFormat:
 TASK_FORMATS: dict[str, TaskFormat] = {
     "qa": TaskFormat(
         "qa",
+        "a question and its answer",
         "Q: <the question>\nA: <the answer>",
         re.compile(r"\bQ\s*:(?P<prompt>.*?)\bA\s*:(?P<completion>.*)", _FLAGS),
     ),
     "mcq": TaskFormat(
         "mcq",
+        "a multiple-choice question with four options and the correct letter",
         "Q: <the question>\nA) <option>\nB) <option>\nC) <option>\nD) <option>\n"
         "Answer: <the letter of the correct option>",
         re.compile(
@@ -49,6 +52,7 @@ TASK_FORMATS: dict[str, TaskFormat] = {
     ),
     "tfq": TaskFormat(
         "tfq",
+        "a statement and whether it is true or false",
         "<a statement>\nAnswer: <True or False>",
         re.compile(
             r"^\s*(?:(?:Q|Statement)\s*:)?(?P<prompt>.*?)"
@@ -58,11 +62,13 @@ TASK_FORMATS: dict[str, TaskFormat] = {
     ),
     "cs": TaskFormat(
         "cs",
+        "a category and a statement about it",
         "C: <the category>\nS: <a statement about it>",
         re.compile(r"\bC\s*:(?P<prompt>.*?)\bS\s*:(?P<completion>.*)", _FLAGS),
     ),
     "paragraph": TaskFormat(
         "paragraph",
+        "one paragraph of plain text",
         "<one self-contained paragraph of plain text>",
         re.compile(r"(?P<text>.*)", _FLAGS),
     ),

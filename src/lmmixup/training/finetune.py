@@ -30,6 +30,7 @@ from lmmixup.decontam import DEFAULT_N, MIN_WORDS, decontaminate, read_eval_sets
 from lmmixup.errors import LmmixupError
 from lmmixup.io import iter_jsonl, reject_record, write_records
 from lmmixup.training.common import (
+    GROUP_BY_LENGTH,
     BaseTrainSettings,
     LoraSettings,
     Rows,
@@ -94,6 +95,7 @@ class FinetuneConfig(BaseTrainSettings):
         ge=1,
         description="Passes per optimizer step (effective batch = batch_size x this; paper: 128).",
     )
+    group_by_length: bool = GROUP_BY_LENGTH
     decontaminate_against: dict[str, str] = Field(
         default_factory=dict,
         description="Evaluation files by task name ({name: JSONL}); training rows sharing an n-gram with them are dropped before training.",

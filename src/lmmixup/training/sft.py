@@ -19,6 +19,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from lmmixup.training.common import (
+    GROUP_BY_LENGTH,
     TrainSettings,
     fitting_rows,
     load_model_and_tokenizer,
@@ -56,6 +57,7 @@ class SFTTrainConfig(TrainSettings):
     gradient_accumulation_steps: int = Field(
         1, ge=1, description="Passes per optimizer step (effective batch = batch_size x this)."
     )
+    group_by_length: bool = GROUP_BY_LENGTH
 
 
 def build_sft_trainer(cfg: SFTTrainConfig):
