@@ -178,6 +178,7 @@ def test_tfq_states_the_right_or_a_wrong_answer():
     true = tfq_target(seed, random.Random(0), True, cot=True)
     false = tfq_target(seed, random.Random(0), False, cot=False)
     assert true.answer.endswith(f"The answer is {seed.final}.\nAnswer: True")
+    assert true.answer.startswith("Statement: ") and false.answer.startswith("Statement: ")
     assert false.answer.endswith("Answer: False") and f"is {seed.final}." not in false.answer
     assert matches_task_pattern(true.answer, "tfq") and matches_task_pattern(false.answer, "tfq")
     assert false.think is None and "statement is true" in true.think

@@ -505,7 +505,11 @@ def tfq_target(seed: Seed, rng: random.Random, label: bool, cot: bool) -> Target
     )
     completion = f"{_worked(seed)}\nSo the statement is {verdict}."
     target = Target(
-        "tfq", f"{statement}\nAnswer: {verdict}", think, f"True or false? {statement}", completion
+        "tfq",
+        f"Statement: {statement}\nAnswer: {verdict}",
+        think,
+        f"True or false? {statement}",
+        completion,
     )
     return _checked(target, prompt=statement, completion=verdict)
 

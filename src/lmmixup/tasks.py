@@ -53,7 +53,7 @@ TASK_FORMATS: dict[str, TaskFormat] = {
     "tfq": TaskFormat(
         "tfq",
         "a statement and whether it is true or false",
-        "<a statement>\nAnswer: <True or False>",
+        "Statement: <a statement>\nAnswer: <True or False>",
         re.compile(
             r"^\s*(?:(?:Q|Statement)\s*:)?(?P<prompt>.*?)"
             r"\bAnswer\s*:\s*(?P<completion>(?:True|False)\b.*)",
