@@ -52,7 +52,7 @@ class LoraSettings(Section):
 
 GROUP_BY_LENGTH = Field(
     True,
-    description="Batch sequences of similar length together: less padding, the same sequences (the MIXTURE SFT set: 38% padding at random, ~25% faster steps grouped).",
+    description="Batch sequences of similar length together: less padding, the same sequences (the MIXTURE SFT set pads 38% in random batches; grouped, SFT on 2 CPU cores went from 84 to 105 real tokens/s).",
 )
 
 
