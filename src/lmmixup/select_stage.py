@@ -6,10 +6,11 @@ The training set is prompt/completion JSONL that keeps each row's origin and lin
 
 from __future__ import annotations
 
-import hashlib
 from collections import Counter
 from collections.abc import Callable, Collection
+from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -20,34 +21,22 @@ from lmmixup.io import read_records, write_records
 TRAIN_FIELDS = ("id", "prompt", "completion", "source", "task_type", "member_ids", "cluster_id")
 
 
-# Long-tail scores of the last few record sets: an experiment selects several arms from the
-# same candidate files (and checks every arm first), which would embed them again each time.
-_LONG_TAILS: dict[tuple, np.ndarray] = {}
-_LONG_TAILS_KEPT = 4
-
-
 def long_tail(records: list[dict], cfg: SelectConfig) -> np.ndarray:
     """Min-max normalised long-tail (diversity) scores of a set, within the set itself."""
-    from lmmixup.selection import long_tail_scores, minmax
-
     if not records:
         return np.zeros(0)
-    texts = [record_text(r) for r in records]
-    embedder = load_embedder(cfg.embedder)
-    key = (embedder, cfg.long_tail_k, _digest(texts))
-    if key not in _LONG_TAILS:
-        vectors = embedder.encode(texts, description="embed for long-tail")
-        while len(_LONG_TAILS) >= _LONG_TAILS_KEPT:
-            del _LONG_TAILS[next(iter(_LONG_TAILS))]
-        _LONG_TAILS[key] = minmax(long_tail_scores(vectors, k=cfg.long_tail_k))
-    return _LONG_TAILS[key].copy()
+    texts = tuple(record_text(r) for r in records)
+    return _long_tail_of(load_embedder(cfg.embedder), cfg.long_tail_k, texts).copy()
 
 
-def _digest(texts: list[str]) -> str:
-    digest = hashlib.sha256()
-    for text in texts:
-        digest.update(text.encode("utf-8") + b"\0")
-    return digest.hexdigest()
+# An experiment selects several arms from the same candidate files (and checks every arm
+# first): the last few sets' scores are kept so the same texts are embedded once.
+@lru_cache(maxsize=4)
+def _long_tail_of(embedder: Any, k: int, texts: tuple[str, ...]) -> np.ndarray:
+    from lmmixup.selection import long_tail_scores, minmax
+
+    vectors = embedder.encode(list(texts), description="embed for long-tail")
+    return minmax(long_tail_scores(vectors, k=k))
 
 
 def training_row(record: dict, origin: str) -> dict:
