@@ -177,9 +177,10 @@ def test_tfq_states_the_right_or_a_wrong_answer():
     seed = _gsm8k_seed(4)
     true = tfq_target(seed, random.Random(0), True, cot=True)
     false = tfq_target(seed, random.Random(0), False, cot=False)
-    assert true.answer.endswith(f"The answer is {seed.final}.\nAnswer: True")
-    assert true.answer.startswith("Statement: ") and false.answer.startswith("Statement: ")
-    assert false.answer.endswith("Answer: False") and f"is {seed.final}." not in false.answer
+    claim = "Statement: The answer to this problem is"
+    assert true.answer == f"{claim} {seed.final}: {seed.prompt}\nAnswer: True"
+    assert false.answer.startswith(claim) and false.answer.endswith(f"{seed.prompt}\nAnswer: False")
+    assert f"is {seed.final}:" not in false.answer
     assert matches_task_pattern(true.answer, "tfq") and matches_task_pattern(false.answer, "tfq")
     assert false.think is None and "statement is true" in true.think
 

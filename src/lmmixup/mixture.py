@@ -17,7 +17,8 @@ records (any pool file, or the built-in `gsm8k` and `sharegpt`):
      becomes the `think`; without `cot` the solution is part of the answer.
    - mcq / tfq: GSM8K-style seeds with a numeric answer. Distractors are the answer moved by
      small offsets, doubled, halved or times ten. tfq states the right answer or a
-     distractor; the labels alternate True/False in the shuffled order, so they balance.
+     distractor, then the problem; the labels alternate True/False in the shuffled order,
+     so they balance.
      Their `think` (with `cot`) is the worked solution plus one generated sentence naming
      the right option or label.
    - paragraph: prose completions (no code, lists, headings or tables, three sentences or
@@ -494,9 +495,14 @@ def mcq_target(seed: Seed, rng: random.Random, cot: bool) -> Target | None:
 
 
 def tfq_target(seed: Seed, rng: random.Random, label: bool, cot: bool) -> Target | None:
-    """The problem with a stated answer (right when `label`, else a distractor); True/False."""
+    """A stated answer (right when `label`, else a distractor), then the problem; True/False.
+
+    The claim comes first so the statement ends with the problem's question, not with the
+    sentence that closes every GSM8K-style qa answer (`The answer is N.`), after which a
+    small model learns to stop before `Answer:`.
+    """
     shown = seed.final if label else distractors(seed.final, rng, 1)[0]
-    statement = f"{seed.prompt} The answer is {shown}."
+    statement = f"The answer to this problem is {shown}: {seed.prompt}"
     verdict = str(label)
     think = (
         f"{seed.steps}\nThe answer is {seed.final}, so the statement is {verdict.lower()}."
