@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from lmmixup.errors import LmmixupError
 from lmmixup.mixture import LexicalEmbedder, prompt_messages, target_text
 from lmmixup.rating.knn_bayes import KnnBayesScorer, ScorerLibrary
-from lmmixup.rewards import RewardStats
+from lmmixup.rewards import RewardStats, completion_text
 from lmmixup.training.common import (
     FINAL_DIR,
     IGNORE_INDEX,
@@ -29,6 +29,7 @@ from lmmixup.training.common import (
 from lmmixup.training.grpo import (
     COMPONENTS,
     GRPOTrainConfig,
+    RewardSet,
     RewardSettings,
     build_reward_set,
     load_reward_set,
@@ -293,6 +294,37 @@ def test_grpo_logs_each_reward_component_per_step(tiny_llama, mixture_dir, tmp_p
         assert 0 < line["reward_fraction"] < 1
     assert fake_rewards.stats.component("format").calls >= 2
     assert HFChatModel(str(tmp_path / FINAL_DIR)).tokenizer.eos_token == "<|im_end|>"
+
+
+def test_grpo_micro_batches_give_the_same_step(tiny_llama, mixture_dir, tmp_path):
+    """Splitting a step's completions into micro-batches changes the memory, not the update."""
+
+    def length(completions, **_):  # varies within a group, so the advantages are not all 0
+        return [len(completion_text(c)) / 100 for c in completions]
+
+    rewards = RewardSet(
+        {name: length for name in COMPONENTS}, dict.fromkeys(COMPONENTS, 1.0), RewardStats()
+    )
+    logs = {}
+    for micro_batches in (1, 2):
+        cfg = GRPOTrainConfig(
+            model=str(tiny_llama),
+            mixture=str(mixture_dir),
+            output_dir=str(tmp_path / str(micro_batches)),
+            max_steps=1,
+            num_generations=2,
+            prompts_per_step=2,
+            micro_batches=micro_batches,
+            max_completion_length=8,
+            lora={"dropout": 0.0},
+        )
+        train_grpo(cfg, rewards)
+        logs[micro_batches] = next(line for line in read_steps(cfg.output_dir) if "loss" in line)
+    assert logs[1]["grad_norm"] > 0
+    for key in ("grad_norm", "loss", "reward"):
+        assert logs[2][key] == pytest.approx(logs[1][key], rel=1e-4, abs=1e-7), key
+    with pytest.raises(ValueError, match="must divide"):
+        GRPOTrainConfig(prompts_per_step=2, num_generations=3, micro_batches=4)
 
 
 def test_grpo_without_a_quality_library_is_a_clear_error(tmp_path):

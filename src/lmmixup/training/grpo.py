@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from lmmixup.config import DEFAULT_EMBEDDER, Section
 from lmmixup.errors import LmmixupError
@@ -173,6 +173,11 @@ class GRPOTrainConfig(TrainSettings):
         4, ge=2, description="Completions sampled per prompt: the group (paper: 4)."
     )
     prompts_per_step: int = Field(2, ge=1, description="Prompts per optimizer step (paper: 128).")
+    micro_batches: int = Field(
+        1,
+        ge=1,
+        description="Forward/backward passes each step's completions are split into, their gradients summed: the same update in less memory (sampling stays one batch).",
+    )
     temperature: float = Field(1.0, gt=0, description="Sampling temperature (paper: 1.0).")
     beta: float = Field(
         0.01, ge=0, description="KL coefficient, k3 estimator (paper: 0.01; 0 = no KL term)."
@@ -194,6 +199,16 @@ class GRPOTrainConfig(TrainSettings):
         256, ge=8, description="Tokens a sampled completion may have."
     )
     epochs: float = Field(1.0, gt=0, description="Passes over grpo_train.jsonl (paper: 1).")
+
+    @model_validator(mode="after")
+    def _micro_batches_divide_the_step(self) -> GRPOTrainConfig:
+        completions = self.prompts_per_step * self.num_generations
+        if completions % self.micro_batches:
+            raise ValueError(
+                f"micro_batches ({self.micro_batches}) must divide the step's "
+                f"{completions} completions (prompts_per_step x num_generations)"
+            )
+        return self
 
 
 def build_grpo_trainer(cfg: GRPOTrainConfig, rewards: RewardSet):
@@ -219,7 +234,8 @@ def build_grpo_trainer(cfg: GRPOTrainConfig, rewards: RewardSet):
             cfg, cfg.resolved_learning_rate(LORA_LEARNING_RATE, FULL_LEARNING_RATE)
         ),
         num_train_epochs=cfg.epochs,
-        per_device_train_batch_size=cfg.prompts_per_step * cfg.num_generations,
+        per_device_train_batch_size=cfg.prompts_per_step * cfg.num_generations // cfg.micro_batches,
+        gradient_accumulation_steps=cfg.micro_batches,
         num_generations=cfg.num_generations,
         temperature=cfg.temperature,
         beta=cfg.beta,
