@@ -497,9 +497,8 @@ def mcq_target(seed: Seed, rng: random.Random, cot: bool) -> Target | None:
 def tfq_target(seed: Seed, rng: random.Random, label: bool, cot: bool) -> Target | None:
     """A stated answer (right when `label`, else a distractor), then the problem; True/False.
 
-    The claim comes first so the statement ends with the problem's question, not with the
-    sentence that closes every GSM8K-style qa answer (`The answer is N.`), after which a
-    small model learns to stop before `Answer:`.
+    The statement does not end in `The answer is N.`, the sentence that closes GSM8K-style
+    qa answers (docs/BENCHMARKS.md: this alone did not teach the SmolLM2 recipe the verdict).
     """
     shown = seed.final if label else distractors(seed.final, rng, 1)[0]
     statement = f"The answer to this problem is {shown}: {seed.prompt}"
