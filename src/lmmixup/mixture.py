@@ -148,7 +148,7 @@ class MixtureConfig(Section):
     )
     cot: bool = Field(
         True,
-        description="Put GSM8K-style worked solutions in `think` (the answer then states only the result); false: no think, the solution goes in the answer.",
+        description="Put GSM8K-style worked solutions in `think` (the answer then states only the result); false: the solution stays in the answer and the think is a short note on the merge.",
     )
     min_size: int = Field(2, ge=2, description="Fewest variants in a cluster.")
     max_size: int = Field(20, ge=2, description="Most variants in a cluster.")
