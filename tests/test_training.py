@@ -296,15 +296,21 @@ def test_grpo_logs_each_reward_component_per_step(tiny_llama, mixture_dir, tmp_p
     assert HFChatModel(str(tmp_path / FINAL_DIR)).tokenizer.eos_token == "<|im_end|>"
 
 
-def test_grpo_micro_batches_give_the_same_step(tiny_llama, mixture_dir, tmp_path):
-    """Splitting a step's completions into micro-batches changes the memory, not the update."""
+def length_rewards() -> RewardSet:
+    """Every component scores the completion's length: it varies within a group, so the
+    advantages are not all 0 and a step has a gradient."""
 
-    def length(completions, **_):  # varies within a group, so the advantages are not all 0
+    def length(completions, **_):
         return [len(completion_text(c)) / 100 for c in completions]
 
-    rewards = RewardSet(
+    return RewardSet(
         {name: length for name in COMPONENTS}, dict.fromkeys(COMPONENTS, 1.0), RewardStats()
     )
+
+
+def test_grpo_micro_batches_give_the_same_step(tiny_llama, mixture_dir, tmp_path):
+    """Splitting a step's completions into micro-batches changes the memory, not the update."""
+    rewards = length_rewards()
     logs = {}
     for micro_batches in (1, 2):
         cfg = GRPOTrainConfig(
@@ -321,10 +327,39 @@ def test_grpo_micro_batches_give_the_same_step(tiny_llama, mixture_dir, tmp_path
         train_grpo(cfg, rewards)
         logs[micro_batches] = next(line for line in read_steps(cfg.output_dir) if "loss" in line)
     assert logs[1]["grad_norm"] > 0
+    # Summing the micro-batch gradients reorders float additions: CI measured a 2.2e-4
+    # relative difference in grad_norm; a wrong loss scale would be a factor of 2.
     for key in ("grad_norm", "loss", "reward"):
-        assert logs[2][key] == pytest.approx(logs[1][key], rel=1e-4, abs=1e-7), key
+        assert logs[2][key] == pytest.approx(logs[1][key], rel=1e-3, abs=1e-7), key
     with pytest.raises(ValueError, match="must divide"):
         GRPOTrainConfig(prompts_per_step=2, num_generations=3, micro_batches=4)
+
+
+def test_grpo_full_fine_tune_trains_against_a_reference_model(tiny_llama, mixture_dir, tmp_path):
+    """Without LoRA (the CPU recipe's GRPO) the KL term needs a separate frozen reference
+    model: the step logs a KL and the saved weights are the trained ones."""
+    from safetensors.torch import load_file
+
+    cfg = GRPOTrainConfig(
+        model=str(tiny_llama),
+        mixture=str(mixture_dir),
+        output_dir=str(tmp_path),
+        max_steps=2,
+        num_generations=2,
+        prompts_per_step=2,
+        max_completion_length=8,
+        learning_rate=1e-3,
+        beta=0.01,
+        lora={"enabled": False},
+    )
+    assert train_grpo(cfg, length_rewards())["global_step"] == 2
+    steps = [line for line in read_steps(tmp_path) if "loss" in line]
+    assert [line["step"] for line in steps] == [1, 2]
+    assert all(math.isfinite(line["kl"]) for line in steps) and steps[-1]["kl"] > 0
+    before = load_file(tiny_llama / "model.safetensors")
+    after = load_file(tmp_path / FINAL_DIR / "model.safetensors")
+    assert before.keys() == after.keys()
+    assert any(not (before[name] == after[name]).all() for name in before)
 
 
 def test_grpo_without_a_quality_library_is_a_clear_error(tmp_path):

@@ -39,7 +39,7 @@ class LoraSettings(Section):
 
     enabled: bool = Field(
         True,
-        description="Train LoRA adapters (CPU default); false = full fine-tune (the paper's choice, for GPUs).",
+        description="Train LoRA adapters (the default: fits large models in little memory); false = full fine-tune, the paper's choice, which the CPU recipe uses for the 135M distiller (it learnt the answer layouts better at the same step time).",
     )
     r: int = Field(16, ge=1, description="Adapter rank.")
     alpha: int = Field(32, ge=1, description="Adapter scaling numerator (scale = alpha / r).")
