@@ -269,19 +269,18 @@ def fake_rewards():
     return build_reward_set(settings, library, embedder, embedder, RewardStats())
 
 
+def tiny_grpo_config(model: Path, mixture: Path, output_dir: Path, **overrides) -> GRPOTrainConfig:
+    """Two steps of 2 prompts x 2 completions of 8 tokens: a GRPO run a test can afford."""
+    settings = dict(max_steps=2, num_generations=2, prompts_per_step=2, max_completion_length=8)
+    return GRPOTrainConfig(
+        model=str(model), mixture=str(mixture), output_dir=str(output_dir), **settings | overrides
+    )
+
+
 def test_grpo_logs_each_reward_component_per_step(tiny_llama, mixture_dir, tmp_path, fake_rewards):
     from lmmixup.backends.hf import HFChatModel
 
-    cfg = GRPOTrainConfig(
-        model=str(tiny_llama),
-        mixture=str(mixture_dir),
-        output_dir=str(tmp_path),
-        max_steps=2,
-        save_steps=1,
-        num_generations=2,
-        prompts_per_step=2,
-        max_completion_length=8,
-    )
+    cfg = tiny_grpo_config(tiny_llama, mixture_dir, tmp_path, save_steps=1)
     summary = train_grpo(cfg, fake_rewards)
     assert summary["global_step"] == 2
     steps = [line for line in read_steps(tmp_path) if "reward" in line]
@@ -313,15 +312,12 @@ def test_grpo_micro_batches_give_the_same_step(tiny_llama, mixture_dir, tmp_path
     rewards = length_rewards()
     logs = {}
     for micro_batches in (1, 2):
-        cfg = GRPOTrainConfig(
-            model=str(tiny_llama),
-            mixture=str(mixture_dir),
-            output_dir=str(tmp_path / str(micro_batches)),
+        cfg = tiny_grpo_config(
+            tiny_llama,
+            mixture_dir,
+            tmp_path / str(micro_batches),
             max_steps=1,
-            num_generations=2,
-            prompts_per_step=2,
             micro_batches=micro_batches,
-            max_completion_length=8,
             lora={"dropout": 0.0},
         )
         train_grpo(cfg, rewards)
@@ -340,17 +336,8 @@ def test_grpo_full_fine_tune_trains_against_a_reference_model(tiny_llama, mixtur
     model: the step logs a KL and the saved weights are the trained ones."""
     from safetensors.torch import load_file
 
-    cfg = GRPOTrainConfig(
-        model=str(tiny_llama),
-        mixture=str(mixture_dir),
-        output_dir=str(tmp_path),
-        max_steps=2,
-        num_generations=2,
-        prompts_per_step=2,
-        max_completion_length=8,
-        learning_rate=1e-3,
-        beta=0.01,
-        lora={"enabled": False},
+    cfg = tiny_grpo_config(
+        tiny_llama, mixture_dir, tmp_path, learning_rate=1e-3, beta=0.01, lora={"enabled": False}
     )
     assert train_grpo(cfg, length_rewards())["global_step"] == 2
     steps = [line for line in read_steps(tmp_path) if "loss" in line]
