@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import yaml
+from checkpoints import changed_weights
 from typer.testing import CliRunner
 
 from lmmixup.errors import LmmixupError
@@ -196,17 +197,12 @@ def test_a_missing_split_fails_before_the_model_loads(tmp_path):
 
 
 def test_full_fine_tune_saves_the_trained_weights(tiny_llama, mixture_dir, tmp_path):
-    from safetensors.torch import load_file
-
     from lmmixup.training.sft import train_sft
 
     overrides = {"max_steps": 1, "lora": {"enabled": False}, "warmup_ratio": 0.0}
     cfg = SFTTrainConfig(**sft_config(tiny_llama, mixture_dir, tmp_path, **overrides))
     assert train_sft(cfg)["global_step"] == 1
-    before = load_file(tiny_llama / "model.safetensors")
-    after = load_file(tmp_path / FINAL_DIR / "model.safetensors")
-    assert before.keys() == after.keys()
-    assert any(not (before[name] == after[name]).all() for name in before)
+    assert changed_weights(tiny_llama, tmp_path / FINAL_DIR)
 
 
 def test_sft_resumes_from_the_checkpoint(sft_run):
@@ -334,8 +330,6 @@ def test_grpo_micro_batches_give_the_same_step(tiny_llama, mixture_dir, tmp_path
 def test_grpo_full_fine_tune_trains_against_a_reference_model(tiny_llama, mixture_dir, tmp_path):
     """Without LoRA (the CPU recipe's GRPO) the KL term needs a separate frozen reference
     model: the step logs a KL and the saved weights are the trained ones."""
-    from safetensors.torch import load_file
-
     cfg = tiny_grpo_config(
         tiny_llama, mixture_dir, tmp_path, learning_rate=1e-3, beta=0.01, lora={"enabled": False}
     )
@@ -343,10 +337,7 @@ def test_grpo_full_fine_tune_trains_against_a_reference_model(tiny_llama, mixtur
     steps = [line for line in read_steps(tmp_path) if "loss" in line]
     assert [line["step"] for line in steps] == [1, 2]
     assert all(math.isfinite(line["kl"]) for line in steps) and steps[-1]["kl"] > 0
-    before = load_file(tiny_llama / "model.safetensors")
-    after = load_file(tmp_path / FINAL_DIR / "model.safetensors")
-    assert before.keys() == after.keys()
-    assert any(not (before[name] == after[name]).all() for name in before)
+    assert changed_weights(tiny_llama, tmp_path / FINAL_DIR)
 
 
 def test_grpo_without_a_quality_library_is_a_clear_error(tmp_path):
