@@ -10,39 +10,47 @@ import sys
 from pathlib import Path
 
 import pytest
-from fake_openai_server import FakeOpenAIServer, ok
+from fake_openai_server import FakeOpenAIServer, last_user_content, ok
 
 from lmmixup.io import read_records, write_records
 from lmmixup.rating import build_rubric_messages
+from lmmixup.rating.judge import MAX_JUDGED_CHARS
+from lmmixup.rating.stage import chosen_for_judge
 
 SCENARIOS = {
     "json": 4,
     "fenced-json": 4,
-    "out-of-range": 5,
+    "out-of-range": None,
     "429-then-ok": 4,
     "500-then-ok": 4,
     "garbage": None,
     "500-forever": None,
 }
+FAILED = sum(score is None for score in SCENARIOS.values())
+JUDGE_SETTINGS = "attempts: 2\njudge:\n  max_retries: 1\n  timeout_s: 5\n  concurrency: 3\n"
+
+
+def _row(record_id: str, prompt: str, completion: str = "An answer.") -> dict:
+    return {"id": record_id, "prompt": prompt, "completion": completion, "source": "test"}
 
 
 def _pool(tmp_path: Path) -> Path:
-    rows = [
-        {"id": name, "prompt": f"Task [[fake:{name}]]", "completion": "An answer."}
-        for name in SCENARIOS
-    ]
+    rows = [_row(name, f"Task [[fake:{name}]]") for name in SCENARIOS]
     path = tmp_path / "pool.jsonl"
     write_records(path, rows)
     return path
 
 
 def _rate(
-    tmp_path: Path, server: FakeOpenAIServer, key: str, *extra: str
+    tmp_path: Path,
+    server: FakeOpenAIServer | None,
+    key: str,
+    *extra: str,
+    settings: str = "mode: generate\n" + JUDGE_SETTINGS,
+    base_url: str | None = None,
 ) -> subprocess.CompletedProcess:
     cfg = tmp_path / "rate.yaml"
-    cfg.write_text(
-        "mode: generate\nattempts: 2\njudge:\n  max_retries: 1\n  timeout_s: 5\n  concurrency: 3\n"
-    )
+    cfg.write_text(settings)
     env = {**os.environ, "JUDGE_KEY": key, "LMMIXUP_CACHE": str(tmp_path / "cache")}
     cmd = [
         sys.executable,
@@ -58,7 +66,7 @@ def _rate(
         "--backend",
         "openai",
         "--base-url",
-        server.base_url,
+        base_url or server.base_url,
         "--model",
         "judge-model",
         "--api-key-env",
@@ -85,8 +93,8 @@ def test_every_sample_is_rated_or_failed_and_a_rerun_fills_the_failures(tmp_path
                 assert by_id[name]["rating"] is None and by_id[name]["rating_error"], name
             else:
                 assert by_id[name]["rating"]["score"] == score, name
-        assert by_id["out-of-range"]["rating"]["overall"] == 10
-        assert "failed 2" in first.stdout
+        assert "overall is 42, not an integer from 1 to 10" in by_id["out-of-range"]["rating_error"]
+        assert f"failed {FAILED}" in first.stdout
         paid = server.count
 
         for record in read_records(pool):
@@ -97,11 +105,11 @@ def test_every_sample_is_rated_or_failed_and_a_rerun_fills_the_failures(tmp_path
         rated = read_records(tmp_path / "rated.jsonl")
         assert sorted(r["id"] for r in rated) == sorted(SCENARIOS)
         assert all(r["rating"] is not None for r in rated)
-        assert server.count == paid + 2  # only the two failures were asked again
+        assert server.count == paid + FAILED  # only the failures were asked again
     manifest = json.loads((tmp_path / "rated.manifest.json").read_text())
     assert (
         manifest["status"] == "complete"
-        and manifest["counts"]["judge"]["judge_usage"]["requests"] == 2
+        and manifest["counts"]["judge"]["judge_usage"]["requests"] == FAILED
     )
     leaked = [p for p in tmp_path.rglob("*") if p.is_file() and key.encode() in p.read_bytes()]
     assert leaked == [] and key not in first.stdout + first.stderr + second.stdout + second.stderr
@@ -109,10 +117,7 @@ def test_every_sample_is_rated_or_failed_and_a_rerun_fills_the_failures(tmp_path
 
 def test_request_cap_stops_cleanly_and_the_rerun_continues(tmp_path):
     key = "sk-cap-test"
-    rows = [
-        {"id": f"s{i}", "prompt": f"Question {i} [[fake:json]]", "completion": "Yes."}
-        for i in range(9)
-    ]
+    rows = [_row(f"s{i}", f"Question {i} [[fake:json]]", "Yes.") for i in range(9)]
     write_records(tmp_path / "pool.jsonl", rows)
     with FakeOpenAIServer() as server:
         capped = _rate(tmp_path, server, key, "--max-requests", "4")
@@ -133,7 +138,7 @@ def test_request_cap_stops_cleanly_and_the_rerun_continues(tmp_path):
 def test_logprob_judge_with_tiny_model_rates_everything(tmp_path, tiny_llama):
     write_records(
         tmp_path / "pool.jsonl",
-        [{"id": str(i), "prompt": f"p{i}", "completion": "c"} for i in range(5)],
+        [_row(str(i), f"p{i}", "c") for i in range(5)],
     )
     env = {**os.environ, "LMMIXUP_CACHE": str(tmp_path / "cache")}
     cmd = [
@@ -166,11 +171,11 @@ def test_logprob_judge_with_tiny_model_rates_everything(tmp_path, tiny_llama):
 def test_propagation_judges_a_fraction_and_scores_the_rest(tmp_path):
     topics = ["baking bread", "linear algebra", "tax returns", "guitar chords"]
     rows = [
-        {
-            "id": f"q{i}",
-            "prompt": f"Explain {topics[i % 4]} point {i} [[fake:json]]",
-            "completion": f"Here is how {topics[i % 4]} works, part {i}.",
-        }
+        _row(
+            f"q{i}",
+            f"Explain {topics[i % 4]} point {i} [[fake:json]]",
+            f"Here is how {topics[i % 4]} works, part {i}.",
+        )
         for i in range(80)
     ]
     write_records(tmp_path / "pool.jsonl", rows)
@@ -210,3 +215,160 @@ def test_propagation_judges_a_fraction_and_scores_the_rest(tmp_path):
     )
     assert scored.returncode == 0, scored.stderr
     assert all(r["rating"]["method"] == "knn" for r in read_records(tmp_path / "knn.jsonl"))
+
+
+OUT_OF_RANGE = [
+    '{"overall": 1e3}',
+    '{"overall": "80/100"}',
+    '{"overall": "95%"}',
+    '{"overall": 0}',
+    '{"overall": -3}',
+    '{"overall": "3/5"}',
+    '{"overall": 7.5}',
+    '{"overall": 8, "rarity": 11}',
+    '{"overall": 8, "informativeness": "80/100"}',
+]
+
+
+def test_a_rating_outside_1_to_10_is_a_recorded_failure_never_a_score(tmp_path):
+    rows = [_row(f"bad{i}", f"Rate me {i}.") for i in range(len(OUT_OF_RANGE))]
+    good = _row("good", "And me.")
+    write_records(tmp_path / "pool.jsonl", [*rows, good])
+    with FakeOpenAIServer() as server:
+        for row, reply in zip(rows, OUT_OF_RANGE, strict=True):
+            server.script(_judge_content(row), ok(reply))
+        server.script(_judge_content(good), ok('{"overall": 8}'))
+        done = _rate(tmp_path, server, "sk-x")
+    assert done.returncode == 0, done.stderr
+    by_id = {r["id"]: r for r in read_records(tmp_path / "rated.jsonl")}
+    assert by_id.pop("good")["rating"]["overall"] == 8
+    assert len(by_id) == len(OUT_OF_RANGE)
+    for record in by_id.values():
+        assert record["rating"] is None, record
+        assert "not an integer from 1 to 10" in record["rating_error"]
+    assert f"failed {len(OUT_OF_RANGE)}" in done.stdout
+    assert json.loads((tmp_path / "rated.manifest.json").read_text())["status"] == "partial"
+
+
+def _topic_rows(count: int, directive) -> list[dict]:
+    """Rows on four topics; `directive(id)` names the fake server scenario of each."""
+    topics = ["baking bread", "linear algebra", "tax returns", "guitar chords"]
+    return [
+        _row(
+            f"q{i}",
+            f"Explain {topics[i % 4]} point {i} [[fake:{directive(f'q{i}')}]]",
+            f"Here is how {topics[i % 4]} works, part {i}.",
+        )
+        for i in range(count)
+    ]
+
+
+def test_propagation_keeps_failed_judge_ratings_and_a_rerun_retries_exactly_them(tmp_path):
+    judged = [f"q{i}" for i in range(40) if chosen_for_judge(f"q{i}", 0.5, 0)]
+    failing = set(judged[:6])
+    rows = _topic_rows(40, lambda i: "garbage" if i in failing else "json")
+    write_records(tmp_path / "pool.jsonl", rows)
+    with FakeOpenAIServer() as server:
+        first = _rate(tmp_path, server, "sk-x", "--propagate", "0.5")
+        assert first.returncode == 0, first.stderr
+        rated = read_records(tmp_path / "rated.jsonl")
+        assert sorted(r["id"] for r in rated) == sorted(r["id"] for r in rows)
+        nulls = {r["id"] for r in rated if r["rating"] is None}
+        assert nulls == failing and all(r["rating_error"] for r in rated if r["id"] in nulls)
+        assert "failed 6" in first.stdout
+        manifest = json.loads((tmp_path / "rated.manifest.json").read_text())
+        assert manifest["status"] == "partial" and manifest["counts"]["failed"] == 6
+
+        paid = server.count
+        for row in rows:
+            if row["id"] in failing:
+                server.script(_judge_content(row), ok())
+        second = _rate(tmp_path, server, "sk-x", "--propagate", "0.5")
+        assert second.returncode == 0, second.stderr
+        assert server.count == paid + 6  # exactly the six failures were asked again
+    rated = read_records(tmp_path / "rated.jsonl")
+    assert sorted(r["id"] for r in rated) == sorted(r["id"] for r in rows)
+    assert all(r["rating"] is not None for r in rated)
+    assert json.loads((tmp_path / "rated.manifest.json").read_text())["status"] == "complete"
+
+
+def test_a_propagation_run_inside_lmmixup_run_keeps_failed_ratings_too(tmp_path, monkeypatch):
+    from lmmixup.config import RunConfig
+    from lmmixup.pipeline import STAGES
+    from lmmixup.runner import run_stage
+
+    judged = [f"q{i}" for i in range(40) if chosen_for_judge(f"q{i}", 0.5, 0)]
+    rows = _topic_rows(40, lambda i: "garbage" if i in judged[:3] else "json")
+    write_records(tmp_path / "pool.jsonl", rows)
+    rate = next(stage for stage in STAGES if stage.name == "rate")
+    monkeypatch.setenv("LMMIXUP_CACHE", str(tmp_path / "cache"))
+    with FakeOpenAIServer() as server:
+        judge = {"backend": "openai", "base_url": server.base_url, "model": "judge-model"}
+        rate_cfg = {"judge": judge, "mode": "generate", "propagate": 0.5}
+        cfg = RunConfig.model_validate({"rate": rate_cfg})
+        result = run_stage(
+            tmp_path / "run",
+            "rate",
+            inputs=[tmp_path / "pool.jsonl"],
+            config={},
+            body=lambda stage: rate.body(stage, cfg, {"import": {"pool": tmp_path / "pool.jsonl"}}),
+        )
+    rated = read_records(result.path / "rated.jsonl")
+    assert len(rated) == 40 and sum(r["rating"] is None for r in rated) == 3
+    assert result.manifest["status"] == "partial" and result.manifest["counts"]["failed"] == 3
+
+
+def test_propagation_whose_judge_failed_everywhere_says_why_not_the_fraction(tmp_path):
+    write_records(tmp_path / "pool.jsonl", _topic_rows(12, lambda _: "400"))
+    with FakeOpenAIServer() as server:
+        done = _rate(tmp_path, server, "sk-x", "--propagate", "0.5")
+    assert done.returncode == 2
+    assert "the judge failed on" in done.stderr and "fake error 400" in done.stderr
+    assert "rate.propagate" not in done.stderr
+    failed = read_records(tmp_path / "rated.jsonl")
+    assert failed and all(r["rating"] is None and r["rating_error"] for r in failed)
+    assert json.loads((tmp_path / "rated.manifest.json").read_text())["status"] != "complete"
+
+
+def test_a_server_judge_needs_no_mode_and_refuses_logprob_before_starting(tmp_path):
+    write_records(tmp_path / "pool.jsonl", [_row("a", "Q [[fake:json]]")])
+    with FakeOpenAIServer() as server:
+        done = _rate(tmp_path, server, "sk-x", settings=JUDGE_SETTINGS)
+        assert done.returncode == 0, done.stderr
+        assert read_records(tmp_path / "rated.jsonl")[0]["rating"]["method"] == "judge-generate"
+        manifest = json.loads((tmp_path / "rated.manifest.json").read_text())
+        assert manifest["config"]["mode"] == "generate"  # recorded as resolved
+
+        refused = _rate(tmp_path, server, "sk-x", "--mode", "logprob", "-o", str(tmp_path / "x"))
+    assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1
+    assert "mode=logprob" in refused.stderr and "--mode generate" in refused.stderr
+    assert not (tmp_path / "x").exists() and not (tmp_path / "x.manifest.json").exists()
+
+
+def test_texts_cut_for_the_judge_are_marked_and_counted(tmp_path):
+    long = _row("long", "Q [[fake:json]]", "z" * (MAX_JUDGED_CHARS + 1000))
+    write_records(tmp_path / "pool.jsonl", [long, _row("short", "Q2 [[fake:json]]")])
+    with FakeOpenAIServer() as server:
+        done = _rate(tmp_path, server, "sk-x")
+        shown = max(last_user_content(request.body).count("z") for request in server.requests)
+    assert done.returncode == 0, done.stderr
+    assert shown == MAX_JUDGED_CHARS
+    by_id = {r["id"]: r for r in read_records(tmp_path / "rated.jsonl")}
+    assert by_id["long"]["truncated_for_judge"] == ["completion"] and by_id["long"]["rating"]
+    assert "truncated_for_judge" not in by_id["short"]
+    assert "1 records were judged on the first 4,000 characters" in done.stdout
+    counts = json.loads((tmp_path / "rated.manifest.json").read_text())["counts"]
+    assert counts["truncated_for_judge"] == 1
+
+
+def test_an_unreachable_judge_stops_the_stage_with_an_error(tmp_path):
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{probe.getsockname()[1]}/v1"
+    write_records(tmp_path / "pool.jsonl", [_row(f"r{i}", f"Q{i}") for i in range(20)])
+    done = _rate(tmp_path, None, "sk-x", base_url=dead)
+    assert done.returncode == 2 and dead.removesuffix("/v1") in done.stderr
+    manifest = json.loads((tmp_path / "rated.manifest.json").read_text())
+    assert manifest["status"] != "complete"

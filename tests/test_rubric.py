@@ -11,6 +11,7 @@ from lmmixup.rating import (
     compress_score,
     is_high,
     parse_rating,
+    read_rating,
 )
 
 
@@ -40,10 +41,9 @@ def test_logprob_prompt_prefills_up_to_the_overall_score():
         ('{"Overall rating": 7, "Rarity": 2}', (7, 2, None, None)),
         ('{"OVERALL": 5, "COMPLEXITY": 6}', (5, None, 6, None)),
         ('{"overall_rating": 4, "informativeness_score": 9}', (4, None, None, 9)),
-        ('{"overall": 7.6}', (8, None, None, None)),
-        ('{"overall": 7.5}', (8, None, None, None)),
-        ('{"overall": "8/10", "rarity": "3"}', (8, 3, None, None)),
-        ('{"overall": 0, "rarity": 11, "complexity": -3, "informativeness": 100}', (1, 10, 1, 10)),
+        ('{"overall": 7.0, "rarity": 1e1}', (7, 10, None, None)),
+        ('{"overall": "8", "rarity": " 3 "}', (8, 3, None, None)),
+        ('{"overall": 1, "rarity": 10, "complexity": 1, "informativeness": 10}', (1, 10, 1, 10)),
         (
             '{"overall": 6, "notes": {"overall": 2}, "tags": [1, 2], "x": "y"}',
             (6, None, None, None),
@@ -51,10 +51,11 @@ def test_logprob_prompt_prefills_up_to_the_overall_score():
         ('{"overall": 3} and then {"overall": 9}', (3, None, None, None)),
         ('{"result": {"overall": 6, "rarity": 5}}', (6, 5, None, None)),
         ("{'overall': 7, 'rarity': 4}", (7, 4, None, None)),
+        ("{'overall': '7', 'rarity': 4 }", (7, 4, None, None)),
         ('{"overall": 8, "rarity": 4,}', (8, 4, None, None)),
-        ('{"overall": 8, "rarity": 4', (8, 4, None, None)),
+        ('{"overall": 8, "rarity": 4', (8, None, None, None)),  # the cut-off 4 may be 4x
+        ('{"overall": 8\n', (8, None, None, None)),
         ('{"template": "{overall}"} {"overall": 5}', (5, None, None, None)),
-        ('{"overall": true} {"overall": 4}', (4, None, None, None)),
     ],
 )
 def test_parse_rating_accepts(text, expected):
@@ -76,9 +77,37 @@ def test_parse_rating_accepts(text, expected):
         '{"score": 8}',
         "{}",
         "[1, 2, 3]",
+        '{"overall": true} {"overall": 4}',
+        '{"rarity": 4, "overall": 1',  # cut off: 1 or 10
     ],
 )
 def test_parse_rating_rejects(text):
+    assert parse_rating(text) is None
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ('{"overall": 42}', "overall is 42,"),
+        ('{"overall": 1e3}', "overall is 1000.0,"),
+        ('{"overall": "80/100"}', 'overall is "80/100",'),
+        ('{"overall": "95%"}', 'overall is "95%",'),
+        ('{"overall": 0}', "overall is 0,"),
+        ('{"overall": -3}', "overall is -3,"),
+        ('{"overall": "3/5"}', 'overall is "3/5",'),
+        ('{"overall": "8/10"}', 'overall is "8/10",'),
+        ('{"overall": 7.5}', "overall is 7.5,"),
+        ('{"overall": 8, "rarity": 14}', "rarity is 14,"),
+        ('{"overall": 8, "complexity": 0}', "complexity is 0,"),
+        ('{"overall": 8, "informativeness": "95%"}', 'informativeness is "95%",'),
+        ("{'overall': 80/100}", 'overall is "80/100",'),
+        ("{'overall': 3/5, 'rarity': 2,}", 'overall is "3/5",'),
+        ('{"rarity": 14, "complexity": -3, "informativeness": 0, "overall": 42}', "rarity is 14,"),
+    ],
+)
+def test_out_of_range_or_rescaled_values_are_failures_never_clamped(text, reason):
+    result = read_rating(text)
+    assert isinstance(result, str) and reason in result and "integer from 1 to 10" in result
     assert parse_rating(text) is None
 
 

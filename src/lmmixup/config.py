@@ -10,7 +10,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from lmmixup.errors import ConfigError
 
@@ -146,9 +154,10 @@ class BackendConfig(Section):
 
 class RateConfig(Section):
     judge: BackendConfig = Field(default_factory=BackendConfig, description="The judge model.")
-    mode: Literal["logprob", "generate"] = Field(
-        "logprob",
-        description="hf judge: logprob reads the probability of each score 1..10 (one forward pass); generate lets the model write the JSON.",
+    mode: Literal["auto", "logprob", "generate"] = Field(
+        "auto",
+        validate_default=True,
+        description="logprob (hf judges only) reads the probability of each score 1..10 in one forward pass; generate lets the model write the JSON; auto = logprob for an hf judge, generate for a server. Recorded as resolved.",
     )
     max_new_tokens: int = Field(96, ge=8, description="generate mode: tokens the judge may write.")
     attempts: int = Field(
@@ -184,6 +193,26 @@ class RateConfig(Section):
         3, ge=1, description="kNN-Bayes: neighbours used to estimate the transition matrix."
     )
     seed: int = Field(0, description="Seed for choosing the judged fraction.")
+
+    @field_validator("mode")
+    @classmethod
+    def _mode_for_backend(cls, mode: str, info: ValidationInfo) -> str:
+        """Resolve `auto` for the judge's backend; refuse logprob without an hf judge.
+
+        Raises ConfigError itself (pydantic passes it through), so that code building a
+        RateConfig directly gets the same one-line error as a config file.
+        """
+        judge = info.data.get("judge")
+        if judge is None:  # the judge section is invalid: pydantic reports that
+            return mode
+        if mode == "auto":
+            return "logprob" if judge.backend == "hf" else "generate"
+        if mode == "logprob" and judge.backend != "hf":
+            raise ConfigError(
+                f"rate.mode=logprob reads token probabilities, which only judge.backend=hf gives "
+                f"(got {judge.backend}); leave the mode out or use --mode generate"
+            )
+        return mode
 
 
 class SplitConfig(Section):

@@ -23,6 +23,7 @@ from lmmixup.rating.rubric import (
     compress_score,
     is_high,
     parse_rating,
+    read_rating,
 )
 
 __all__ = [
@@ -44,4 +45,5 @@ __all__ = [
     "is_high",
     "load_task_scorers",
     "parse_rating",
+    "read_rating",
 ]

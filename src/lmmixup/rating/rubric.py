@@ -149,9 +149,11 @@ class Rating:
 # --- parsing a judge's reply -------------------------------------------------------------
 
 _MAX_CANDIDATES = 32
-_LEADING_NUMBER = re.compile(r"\s*([-+]?\d+(?:\.\d+)?)")
+_INTEGER_TEXT = re.compile(r"\s*\d+\s*")
+# key, then a value: quoted, or a bare token that a delimiter ends (a value at the very end
+# of a cut-off reply may itself be cut: "1" of "10").
 _LOOSE_PAIR = re.compile(
-    r"""["']?([A-Za-z][A-Za-z _-]*?)["']?\s*[:=]\s*["']?\s*([-+]?\d+(?:\.\d+)?)"""
+    r"""["']?([A-Za-z][A-Za-z _-]*?)["']?\s*[:=]\s*(?:"([^"]*)"|'([^']*)'|([^\s,;"'}]+)(?=\s*[,;\n}]))"""
 )
 _KEY_SUFFIXES = ("rating", "score")
 
@@ -165,35 +167,41 @@ def _field_of(key: str) -> str | None:
     return name if name in FIELDS else None
 
 
-def _to_rating_value(value: Any) -> int | None:
-    """A 1..10 int from an int, a float (rounded half up) or a numeric string ("8", "8/10")."""
+def _as_integer(value: Any) -> int | None:
+    """The integer a JSON value states: an int, an integral number (7.0) or a string of
+    digits ("7"); None for anything else (7.5, "8/10", "95%", true, null, a list)."""
     if isinstance(value, bool):
         return None
-    if isinstance(value, str):
-        match = _LEADING_NUMBER.match(value)
-        if match is None:
-            return None
-        value = float(match.group(1))
     if isinstance(value, int):
-        return min(RATING_MAX, max(RATING_MIN, value))
-    if isinstance(value, float) and math.isfinite(value):
-        return _round_half_up(min(float(RATING_MAX), max(float(RATING_MIN), value)))
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and _INTEGER_TEXT.fullmatch(value):
+        return int(value)
     return None
 
 
-def _rating_from_pairs(pairs: list[tuple[str, Any]]) -> Rating | None:
-    """Build a Rating from key/value pairs; the first usable value of each field wins."""
-    values: dict[str, int] = {}
+def _rating_value(name: str, value: Any) -> int | str:
+    """The 1..10 rating a value states, or why it states none (never clamped or rounded)."""
+    number = _as_integer(value)
+    if number is None or not RATING_MIN <= number <= RATING_MAX:
+        return f"{name} is {json.dumps(value)}, not an integer from {RATING_MIN} to {RATING_MAX}"
+    return number
+
+
+def _rating_from_pairs(pairs: list[tuple[str, Any]]) -> Rating | str | None:
+    """A Rating from an object's key/value pairs, the reason a value is unusable, or None
+    when the object has no Overall. The first value of each field counts."""
+    values: dict[str, Any] = {}
     for key, raw in pairs:
         name = _field_of(key) if isinstance(key, str) else None
-        if name is None or name in values:
-            continue
-        value = _to_rating_value(raw)
-        if value is not None:
-            values[name] = value
+        if name is not None and name not in values:
+            values[name] = raw
     if "overall" not in values:
         return None
-    return Rating(**values)
+    ratings = {name: _rating_value(name, raw) for name, raw in values.items()}
+    reasons = [value for value in ratings.values() if isinstance(value, str)]
+    return "; ".join(reasons) if reasons else Rating(**ratings)
 
 
 def _json_pairs(text: str, start: int) -> list[tuple[str, Any]] | None:
@@ -205,11 +213,21 @@ def _json_pairs(text: str, start: int) -> list[tuple[str, Any]] | None:
     return pairs if isinstance(pairs, list) else None
 
 
+def _loose_value(double: str, single: str, bare: str) -> Any:
+    """A loosely written value: a quoted string as is, a bare token as the JSON it spells."""
+    if not bare:
+        return double or single
+    try:
+        return json.loads(bare)
+    except ValueError:
+        return bare
+
+
 def _loose_pairs(text: str, start: int) -> list[tuple[str, Any]]:
-    """Key/number pairs up to the next "}": for single quotes, trailing commas, cut-off replies."""
+    """Key/value pairs up to the next "}": for single quotes, trailing commas, cut-off replies."""
     end = text.find("}", start + 1)
-    segment = text[start + 1 : end if end >= 0 else len(text)]
-    return [(key, value) for key, value in _LOOSE_PAIR.findall(segment)]
+    segment = text[start + 1 : end + 1 if end >= 0 else len(text)]
+    return [(key, _loose_value(*value)) for key, *value in _LOOSE_PAIR.findall(segment)]
 
 
 def _object_starts(text: str) -> Iterator[int]:
@@ -221,19 +239,28 @@ def _object_starts(text: str) -> Iterator[int]:
         start = text.find("{", start + 1)
 
 
-def parse_rating(text: str) -> Rating | None:
-    """The first rating object in a judge's reply, or None when there is none.
+def read_rating(text: str) -> Rating | str:
+    """The rating in a judge's reply, or the reason there is none.
 
-    Tolerates code fences, prose around the object, single-quoted or cut-off objects, key
-    spellings like "Overall rating" / "overall_rating" / "OVERALL", and values given as ints,
-    floats (rounded half up) or numeric strings ("8", "8/10"); values are clamped into 1..10.
-    The first object that has a usable Overall wins; a missing criterion is None.
+    The first object with an Overall is the judge's rating. Tolerated: code fences, prose
+    around the object, single-quoted, trailing-comma or cut-off objects, key spellings like
+    "Overall rating" / "overall_rating" / "OVERALL"; a missing criterion is None. Every value
+    given must be what the rubric asks for, an integer from 1 to 10: an int, an integral
+    number (7.0) or a string of digits ("7"). Anything else (42, 0, 7.5, "8/10", "95%", a
+    value cut off at the end of the reply) makes the whole rating a failure, with the reason;
+    nothing is clamped, rounded or rescaled.
     """
     if not isinstance(text, str):
-        return None
+        return "the judge's reply is not text"
     for start in _object_starts(text):
         pairs = _json_pairs(text, start)
         rating = _rating_from_pairs(pairs if pairs is not None else _loose_pairs(text, start))
         if rating is not None:
             return rating
-    return None
+    return 'no rating object with an "overall" in the judge\'s reply'
+
+
+def parse_rating(text: str) -> Rating | None:
+    """The rating in a judge's reply, or None when it has no usable one (see `read_rating`)."""
+    rating = read_rating(text)
+    return rating if isinstance(rating, Rating) else None

@@ -7,6 +7,7 @@ which the next run retries). Resumable: records already rated are skipped.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +17,16 @@ from lmmixup.cache import CallCache
 from lmmixup.config import RateConfig
 from lmmixup.errors import LmmixupError
 from lmmixup.io import read_records, write_records
-from lmmixup.rating.judge import BudgetStop, make_generate_judge, make_logprob_judge
+from lmmixup.rating.judge import (
+    TRUNCATED_KEY,
+    BudgetStop,
+    make_generate_judge,
+    make_logprob_judge,
+)
 from lmmixup.rating.knn_bayes import KnnBayesScorer, ScorerLibrary, load_task_scorers
+from lmmixup.records import effective_score
 from lmmixup.runner import numbered, process_records
+from lmmixup.validate import POOL_RECORD, check_file
 
 LIBRARY_DIR = "library"
 HELD_OUT_FRACTION = 0.2
@@ -37,11 +45,7 @@ def chosen_for_judge(record_id: str, fraction: float, seed: int) -> bool:
 def _judge_fn(cfg: RateConfig, cache: CallCache | None, stop: BudgetStop, run_index: int):
     from lmmixup.backends import load_generator
 
-    if cfg.mode == "logprob":
-        if cfg.judge.backend != "hf":
-            raise LmmixupError(
-                f"rate.mode=logprob needs judge.backend=hf (got {cfg.judge.backend}); use --mode generate"
-            )
+    if cfg.mode == "logprob":  # RateConfig allows it only with judge.backend=hf
         from lmmixup.backends.hf import HFChatModel
 
         model = HFChatModel(cfg.judge.model, dtype=cfg.judge.dtype, batch_size=cfg.judge.batch_size)
@@ -117,8 +121,16 @@ def make_knn_fn(library: ScorerLibrary, embedder, k: int):
 
 
 def score_with_library(
-    pool: Path, output: Path, rejects: Path, library: ScorerLibrary, cfg: RateConfig, select=None
+    pool: Path,
+    output: Path,
+    rejects: Path,
+    library: ScorerLibrary,
+    cfg: RateConfig,
+    select=None,
+    is_done: Callable[[dict], bool] = is_rated,
 ) -> dict:
+    """Score the records (those `select` accepts) with the library; `is_done` says which
+    lines of the output this pass leaves as they are (by default: the rated ones)."""
     embedder = load_embedder(cfg.embedder)
     records = [(n, r) for n, r in numbered(pool) if select is None or select(r)]
     return process_records(
@@ -128,16 +140,26 @@ def score_with_library(
         rejects=rejects,
         source=str(pool),
         batch_size=1024,
-        is_done=is_rated,
+        is_done=is_done,
         total=len(records),
         description="rate (kNN-Bayes)",
     )
 
 
-def _judged(output: Path) -> list[dict]:
-    return [
-        r for r in read_records(output) if is_rated(r) and r["rating"]["method"].startswith("judge")
-    ]
+def _judged(records: list[dict]) -> list[dict]:
+    return [r for r in records if is_rated(r) and r["rating"]["method"].startswith("judge")]
+
+
+def _too_few_judged(records: list[dict], judged: int, output: Path) -> str:
+    """Why propagation cannot start: the judge failed (its first error), or too few were judged."""
+    failures = [r.get("rating_error", "no rating") for r in records if not is_rated(r)]
+    if failures:
+        return (
+            f"the judge failed on {len(failures)} of the {len(failures) + judged} samples chosen "
+            f"for it (first error: {failures[0]}), so there is nothing to propagate from; "
+            f"the failures are saved in {output}: re-run to retry them"
+        )
+    return f"propagation needs at least 2 judged samples, got {judged}; raise rate.propagate"
 
 
 def fit_library(records: list[dict], cfg: RateConfig) -> tuple[KnnBayesScorer, np.ndarray]:
@@ -173,22 +195,32 @@ def agreement(judged: list[dict], vectors: np.ndarray, cfg: RateConfig) -> dict:
     }
 
 
+def _for_judge(cfg: RateConfig) -> Callable[[dict], bool]:
+    """Whether a record is one of the fraction `--propagate` gives to the judge."""
+    return lambda record: chosen_for_judge(record["id"], cfg.propagate, cfg.seed)
+
+
 def propagate(pool: Path, output: Path, rejects: Path, cfg: RateConfig, library_dir: Path) -> dict:
-    """Fit a scorer on the judged fraction, measure agreement, score everything else."""
-    judged = _judged(output)
+    """Fit a scorer on the judged fraction, measure agreement, score everything else.
+
+    The judge's records stay as the judge left them, its failures included (the next run
+    retries those); the scorer rates only the others.
+    """
+    records = read_records(output)
+    judged = _judged(records)
     if len(judged) < 2:
-        raise LmmixupError(
-            f"propagation needs at least 2 judged samples, got {len(judged)}; raise rate.propagate"
-        )
+        raise LmmixupError(_too_few_judged(records, len(judged), output))
     scorer, vectors = fit_library(judged, cfg)
     scorer.save(library_dir / "default")
+    for_judge = _for_judge(cfg)
     counts = score_with_library(
         pool,
         output,
         rejects,
         ScorerLibrary({"default": scorer}),
         cfg,
-        select=lambda r: not chosen_for_judge(r["id"], cfg.propagate, cfg.seed),
+        select=lambda r: not for_judge(r),
+        is_done=lambda r: is_rated(r) or for_judge(r),
     )
     return {
         "propagated": counts,
@@ -230,7 +262,9 @@ def rate_pool(
     """The whole rate stage for one pool file; returns counts for the manifest.
 
     `run_index` counts earlier runs of this stage: re-runs ask the judge again with new seeds.
+    The pool is checked whole first, before any model loads.
     """
+    check_file(pool, POOL_RECORD, allow_empty=True)
     counts: dict = {}
     if cfg.method == "knn":
         if not cfg.library:
@@ -239,11 +273,7 @@ def rate_pool(
             pool, output, rejects, _load_library(Path(cfg.library)), cfg
         )
     else:
-        select = (
-            None
-            if cfg.propagate is None
-            else (lambda r: chosen_for_judge(r["id"], cfg.propagate, cfg.seed))
-        )
+        select = None if cfg.propagate is None else _for_judge(cfg)
         counts["judge"] = judge_records(pool, output, rejects, cfg, cache, select, run_index)
         if cfg.propagate is not None:
             counts.update(propagate(pool, output, rejects, cfg, work_dir / LIBRARY_DIR))
@@ -252,6 +282,7 @@ def rate_pool(
     records = read_records(output)
     counts["rated"] = sum(is_rated(r) for r in records)
     counts["failed"] = len(records) - counts["rated"]
+    counts[TRUNCATED_KEY] = sum(TRUNCATED_KEY in r for r in records)
     counts["score_histogram"] = _histogram(records)
     if cache is not None:
         counts["cache"] = cache.stats()
@@ -270,13 +301,10 @@ def _histogram(records: list[dict]) -> dict[str, int]:
 
 
 def keep_high(rated: Path, kept: Path, threshold: int) -> dict:
-    """Keep the records whose (curated) score reaches the threshold; counts for the manifest."""
+    """Keep the records whose effective (curated) score reaches the threshold; counts for the
+    manifest."""
     records = read_records(rated)
-    keep = [
-        r
-        for r in records
-        if is_rated(r) and r["rating"].get("curated_score", r["rating"]["score"]) >= threshold
-    ]
+    keep = [r for r in records if is_rated(r) and effective_score(r["rating"]) >= threshold]
     write_records(kept, keep)
     return {
         "kept": len(keep),
