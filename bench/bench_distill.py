@@ -17,7 +17,7 @@ from lmmixup.backends.embed import load_embedder, record_text
 from lmmixup.backends.hf import HFChatModel
 from lmmixup.cluster_stage import cluster_records
 from lmmixup.config import ClusterConfig, DistillConfig
-from lmmixup.distill import build_messages, distill_params, parse_output
+from lmmixup.distill import build_messages, closed_reply, distill_params, parse_output
 
 
 def prompts_for(clusters: int, cfg: DistillConfig) -> list[list[dict]]:
@@ -40,9 +40,7 @@ def measure(
     for i in range(0, len(prompts), batch):
         for g in model.generate(prompts[i : i + batch], params):
             tokens += g.completion_tokens
-            parsed += (
-                parse_output(g.text if "</answer>" in g.text else g.text + "</answer>") is not None
-            )
+            parsed += parse_output(closed_reply(g)) is not None
     return time.perf_counter() - start, tokens, parsed
 
 

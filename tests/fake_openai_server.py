@@ -8,6 +8,12 @@ What each request gets is chosen by the content of its last user message:
    also advances per distinct content, so a judge prompt that wraps a sample still works;
 3. else an echo: the reply text is "echo: " + the content.
 
+A request's `stop` strings are applied as a server would: the reply text ends before the
+first one in it (finish_reason "stop"). `FakeOpenAIServer(stop_reason=True)` acts as vLLM
+does and names in each choice's `stop_reason` the stop string that ended the reply, or null
+(end of sequence; a reply's own `stop_reason` when scripted); without it, like OpenAI or
+llama.cpp, choices carry no `stop_reason`.
+
 Every request is recorded (path, headers, JSON body). Use it as a context manager; on exit
 it stops serving, wakes any reply that is still waiting, and joins all its threads.
 
@@ -42,6 +48,8 @@ class Reply:
 
     For an error status, `text` is the error message; "{api_key}" in it becomes the bearer
     token the request carried (as OpenAI's "Incorrect API key provided: ..." does).
+    `stop_reason` is what a server that reports it says when no stop string of the request
+    is in the text (None: end of sequence).
     """
 
     status: int = 200
@@ -49,17 +57,29 @@ class Reply:
     finish_reason: str = "stop"
     headers: dict[str, str] = field(default_factory=dict)
     delay_s: float = 0.0
+    stop_reason: str | int | None = None
 
 
-def ok(text: str = GOOD_JSON, finish_reason: str = "stop") -> Reply:
+def ok(
+    text: str = GOOD_JSON, finish_reason: str = "stop", stop_reason: str | int | None = None
+) -> Reply:
     """A successful completion with this text."""
-    return Reply(text=text, finish_reason=finish_reason)
+    return Reply(text=text, finish_reason=finish_reason, stop_reason=stop_reason)
 
 
 def error(status: int, retry_after: float | None = None, message: str = "") -> Reply:
     """An HTTP error, with a Retry-After header (seconds) when given."""
     headers = {} if retry_after is None else {"Retry-After": f"{retry_after:g}"}
     return Reply(status=status, text=message or f"fake error {status}", headers=headers)
+
+
+DROP = 0
+"""The status of a reply that closes the connection without answering."""
+
+
+def drop() -> Reply:
+    """The server closes the connection without a reply (a live server that broke it)."""
+    return Reply(status=DROP)
 
 
 def hang(then: Reply | None = None) -> Reply:
@@ -77,6 +97,8 @@ SCENARIOS: dict[str, tuple[Reply, ...]] = {
     "500-then-ok": (error(500), ok()),
     "500-forever": (error(500),),
     "timeout-then-ok": (hang(), ok()),
+    "drop-then-ok": (drop(), ok()),
+    "drop-forever": (drop(),),
     "400": (error(400),),
     "401-echo-key": (error(401, message="Incorrect API key provided: {api_key}"),),
 }
@@ -102,23 +124,37 @@ def last_user_content(body: dict) -> str:
     return ""
 
 
-def completion_body(body: dict, reply: Reply, number: int) -> dict:
-    """A chat.completion object for `reply`; token counts are word counts."""
+def stopped(reply: Reply, stops: list[str]) -> Reply:
+    """The reply as a server applying the request's stop strings returns it: the text ends
+    before the first one in it, finish_reason "stop", stop_reason that string."""
+    hits = [(index, stop) for stop in stops if (index := reply.text.find(stop)) >= 0]
+    if not hits:
+        return reply
+    index, stop = min(hits, key=lambda hit: hit[0])
+    return replace(reply, text=reply.text[:index], finish_reason="stop", stop_reason=stop)
+
+
+def completion_body(body: dict, reply: Reply, number: int, stop_reason: bool = False) -> dict:
+    """A chat.completion object for `reply` (with vLLM's `stop_reason` when asked); token
+    counts are word counts."""
+    stop = body.get("stop") or []
+    reply = stopped(reply, [stop] if isinstance(stop, str) else stop)
     prompt_words = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []))
     completion_words = len(reply.text.split())
+    choice = {
+        "index": 0,
+        "message": {"role": "assistant", "content": reply.text},
+        "finish_reason": reply.finish_reason,
+        "logprobs": None,
+    }
+    if stop_reason:
+        choice["stop_reason"] = reply.stop_reason
     return {
         "id": f"chatcmpl-fake-{number}",
         "object": "chat.completion",
         "created": 0,
         "model": body.get("model", "fake-model"),
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": reply.text},
-                "finish_reason": reply.finish_reason,
-                "logprobs": None,
-            }
-        ],
+        "choices": [choice],
         "usage": {
             "prompt_tokens": prompt_words,
             "completion_tokens": completion_words,
@@ -153,8 +189,11 @@ class _Handler(BaseHTTPRequestHandler):
             reply = owner.next_reply(last_user_content(body))
             if reply.delay_s and owner.stopping.wait(reply.delay_s):
                 return
+        if reply.status == DROP:
+            self.close_connection = True
+            return
         if reply.status == 200:
-            payload = completion_body(body, reply, number)
+            payload = completion_body(body, reply, number, owner.stop_reason)
         else:
             payload = error_body(reply, headers.get("authorization", "").removeprefix("Bearer "))
         self._send(reply.status, payload, reply.headers)
@@ -184,7 +223,8 @@ class _Server(ThreadingHTTPServer):
 class FakeOpenAIServer:
     """The scripted server on 127.0.0.1 (a free port); see the module docstring."""
 
-    def __init__(self) -> None:
+    def __init__(self, stop_reason: bool = False) -> None:
+        self.stop_reason = stop_reason
         self.requests: list[RecordedRequest] = []
         self.stopping = threading.Event()
         self.max_in_flight = 0

@@ -4,14 +4,17 @@ import json
 
 import numpy as np
 import pytest
+from fake_openai_server import FakeOpenAIServer, ok
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lmmixup.backends.base import Generation
+from lmmixup.backends.openai_chat import OpenAIChatModel
 from lmmixup.config import DistillConfig
 from lmmixup.distill import (
     GENERATION_ERROR,
     TRUNCATION_MARKER,
+    UNCLOSED_ANSWER,
     ParsedOutput,
     answer_to_pair,
     build_messages,
@@ -337,6 +340,13 @@ def test_distill_fn_turns_a_batch_into_records_and_rejects():
         (Generation("<answer> </answer>", "stop"), "empty"),
         (Generation("<answer>Q: What is the capital of France?\nA: Paris.", "stop"), "copy"),
         (Generation("", "error", error="HTTP 500"), "generation_error"),
+        # the model ended the reply (end of sequence) before closing its answer
+        (Generation(GOOD.removesuffix("</answer>"), "eos"), UNCLOSED_ANSWER),
+        (
+            Generation("<answer>Q: What is the capital of France?\nA: Paris.", "eos"),
+            UNCLOSED_ANSWER,
+        ),
+        (Generation("<think>t</think>\nno answer block", "eos"), "unparsable"),
     ],
 )
 def test_distill_fn_reject_reasons(generation, reason):
@@ -347,6 +357,30 @@ def test_distill_fn_reject_reasons(generation, reason):
     assert record["cluster_id"] == "c1"
 
 
+MERGED_OPEN = GOOD.removesuffix("</answer>")
+
+
+@pytest.mark.parametrize(
+    ("names_stop", "reply", "reason"),
+    [
+        (True, ok(MERGED_OPEN), UNCLOSED_ANSWER),  # vLLM, ended at EOS: stop_reason null
+        (True, ok(MERGED_OPEN, stop_reason="</answer>"), None),  # vLLM, ended on the stop
+        (False, ok(MERGED_OPEN), UNCLOSED_ANSWER),  # no stop_reason: the text as written
+        (False, ok(GOOD + "\nand then some"), None),
+    ],
+)
+def test_a_server_reply_whose_answer_never_closed_is_rejected(names_stop, reply, reason):
+    members = {record["id"]: record for record in POOL}
+    prompt = build_messages([members["m1"], members["m2"]], "qa", CFG)
+    with FakeOpenAIServer(stop_reason=names_stop) as server:
+        server.script(prompt[-1]["content"], reply)
+        with OpenAIChatModel("fake", server.base_url, max_retries=0) as model:
+            (record,) = make_distill_fn(model, ConstantEmbedder(), CFG, members)(CLUSTERS[:1])
+    assert record.get(REJECT_KEY) == reason
+    if reason is None:
+        assert record["completion"] == "Paris, home to about 2 million people."
+
+
 def test_task_type_comes_from_the_members():
     generator = ScriptedGenerator({"Name a prime": Generation("<answer>x</answer>", "stop")})
     members = {record["id"]: record for record in POOL}
@@ -355,10 +389,11 @@ def test_task_type_comes_from_the_members():
     assert record["task_type"] == "qa"
 
 
-def test_missing_members_are_an_error(tmp_path):
+def test_missing_members_are_an_error_naming_the_cluster_line(tmp_path):
     write_records(tmp_path / "pool.jsonl", POOL[:1])
-    with pytest.raises(LmmixupError, match="'m2'"):
-        load_members(tmp_path / "pool.jsonl", {"m1", "m2"})
+    clusters = [(3, CLUSTERS[0])]
+    with pytest.raises(LmmixupError, match=r"clusters\.jsonl:3: member 'm2' is not in"):
+        load_members(tmp_path / "pool.jsonl", tmp_path / "clusters.jsonl", clusters)
 
 
 def _write_inputs(tmp_path):

@@ -11,6 +11,8 @@ from typer.testing import CliRunner
 
 from lmmixup.backends.base import Generation
 from lmmixup.cache import CallCache
+from lmmixup.config import DistillConfig
+from lmmixup.distill import UNCLOSED_ANSWER, make_distill_fn
 from lmmixup.errors import LmmixupError
 from lmmixup.evaluation.distiller import (
     EvalDistillerConfig,
@@ -25,7 +27,8 @@ from lmmixup.evaluation.distiller import (
 )
 from lmmixup.mixture import LexicalEmbedder
 from lmmixup.rating.knn_bayes import KnnBayesScorer, ScorerLibrary
-from lmmixup.rewards import RewardStats
+from lmmixup.rewards import RewardStats, format_score
+from lmmixup.runner import REJECT_KEY
 from lmmixup.training.grpo import RewardSettings, build_reward_set
 
 RECORDS = [
@@ -94,8 +97,12 @@ def test_crafted_replies_are_scored_and_judged(rewards):
     replies = [
         Generation(GOOD_QA, "stop"),
         Generation(BAD_LAYOUT, "stop"),
-        # as local backends return it: cut before the `</answer>` it stopped on
-        Generation(GOOD_QA.replace("Paris.", "fail").removesuffix("</answer>"), "stop"),
+        # as backends return it: cut before the `</answer>` it stopped on
+        Generation(
+            GOOD_QA.replace("Paris.", "fail").removesuffix("</answer>"),
+            "stop",
+            stop_string="</answer>",
+        ),
     ]
     entries = record_entries(records, replies, rewards)
     attach_ratings(entries, fake_judge, batch_size=2)
@@ -113,6 +120,47 @@ def test_crafted_replies_are_scored_and_judged(rewards):
     assert result["format"]["compliant"] == pytest.approx(2 / 3, abs=1e-4)
     total = 0.5 * 1.0 + 0.4 * entries[0]["rewards"]["alignment"] + 0.1 * 1.0
     assert entries[0]["rewards"]["total"] == pytest.approx(total)
+
+
+class ConstantEmbedder:
+    """Every text gets the same unit vector (no drift)."""
+
+    def encode(self, texts):
+        return np.tile(np.array([[1.0, 0.0]], dtype=np.float32), (len(texts), 1))
+
+
+class Replying:
+    """A generator that gives every prompt the same reply."""
+
+    name = fingerprint = "replying"
+
+    def __init__(self, reply: Generation):
+        self.reply = reply
+
+    def generate(self, prompts, params):
+        return [self.reply for _ in prompts]
+
+
+def test_an_answer_left_open_at_eos_is_well_formed_nowhere(rewards):
+    """One meaning: eval, distill and the format reward agree on the same replies."""
+    open_answer = GOOD_QA.removesuffix("</answer>")
+    at_stop = Generation(open_answer, "stop", stop_string="</answer>")
+    at_eos = Generation(open_answer, "eos")
+    entries = record_entries([RECORDS[0]] * 2, [at_stop, at_eos], rewards)
+    assert [e["format"]["compliant"] for e in entries] == [True, False]
+    assert [e["format"]["well_formed"] for e in entries] == [True, False]
+    assert [e["rewards"]["format"] for e in entries] == [1.0, 0.0]
+    assert entries[1]["pair"] is None and entries[1]["output"] == open_answer
+    # GRPO scores the completion as the model wrote it
+    assert (format_score(GOOD_QA), format_score(open_answer)) == (1.0, 0.0)
+
+    members = {m["id"]: m for m in RECORDS[0]["members"]}
+    cluster = {"cluster_id": "c", "member_ids": list(members)}
+    kept, rejected = (
+        make_distill_fn(Replying(reply), ConstantEmbedder(), DistillConfig(), members)([cluster])[0]
+        for reply in (at_stop, at_eos)
+    )
+    assert REJECT_KEY not in kept and rejected[REJECT_KEY] == UNCLOSED_ANSWER
 
 
 def test_eval_distiller_on_the_tiny_model(tiny_llama, tmp_path, rewards):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from functools import partial
 
 import numpy as np
@@ -9,6 +12,7 @@ import pytest
 
 from lmmixup.backends.base import GenParams
 from lmmixup.backends.hf import HFChatModel
+from lmmixup.progress import LIBRARY_BAR_SWITCHES
 
 
 def _chat(text: str) -> list[dict]:
@@ -26,7 +30,7 @@ def test_batched_generation_matches_one_at_a_time(tiny_llama):
     batched = model.generate(prompts, params)
     single = [model.generate([p], params)[0] for p in prompts]
     assert [g.text for g in batched] == [g.text for g in single]
-    assert all(g.finish_reason in ("stop", "length") and g.completion_tokens <= 8 for g in batched)
+    assert all(g.finish_reason in ("eos", "length") and g.completion_tokens <= 8 for g in batched)
 
 
 def test_next_token_logprobs_are_log_probabilities(tiny_llama):
@@ -111,6 +115,47 @@ def test_generated_text_ends_before_the_first_stop_string(tiny_llama):
         unstopped.text == "A: merged answer\n\nQ: another pair"
         and unstopped.finish_reason == "length"
     )
+
+
+def test_a_row_that_ended_at_eos_is_told_from_one_that_hit_a_stop_string(tiny_llama):
+    import torch
+
+    model = HFChatModel(str(tiny_llama), dtype="float32")
+    tokenizer = model.tokenizer
+    encode = partial(tokenizer.encode, add_special_tokens=False)
+    pads = [tokenizer.pad_token_id] * 3  # a batch's longer rows ran on
+    params = GenParams(max_new_tokens=64, stop=("</answer>",))
+    open_answer = "<answer>\nQ: x\nA: y"
+    at_eos = model._decode(
+        torch.tensor(encode(open_answer) + [tokenizer.eos_token_id] + pads), params, 5
+    )
+    at_stop = model._decode(torch.tensor(encode(open_answer + "</answer>") + pads), params, 5)
+    assert (at_eos.text, at_eos.finish_reason, at_eos.stop_string) == (open_answer, "eos", None)
+    assert (at_stop.text, at_stop.finish_reason, at_stop.stop_string) == (
+        open_answer,
+        "stop",
+        "</answer>",
+    )
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_quiet_turns_off_the_model_loading_bars(tiny_llama, quiet):
+    """`lmmixup -q` (progress off) silences transformers' own "Loading weights" bar too."""
+    code = (
+        "import sys; from lmmixup import progress; progress.set_enabled(sys.argv[2] != 'quiet'); "
+        "from transformers import AutoModelForCausalLM; "
+        "AutoModelForCausalLM.from_pretrained(sys.argv[1])"
+    )
+    mode = "quiet" if quiet else "default"
+    env = {k: v for k, v in os.environ.items() if k not in LIBRARY_BAR_SWITCHES}
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(tiny_llama), mode],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
+    )
+    assert ("Loading weights" in done.stderr) is not quiet
 
 
 def test_stop_criteria_fire_on_new_text_only(tiny_llama):

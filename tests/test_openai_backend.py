@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import os
 import secrets
 import socket
+import subprocess
+import sys
 import threading
 import time
 
@@ -26,12 +30,13 @@ from lmmixup.backends.openai_chat import (
     NO_KEY,
     OpenAIChatModel,
     RequestBudgetExhausted,
+    ServerUnreachable,
     load,
     read_api_key,
 )
-from lmmixup.cache import CallCache
+from lmmixup.cache import CallCache, call_key
 from lmmixup.config import BackendConfig
-from lmmixup.errors import ConfigError
+from lmmixup.errors import ConfigError, LmmixupError
 
 KEY_ENV = "LMMIXUP_TEST_OPENAI_KEY"
 PARAMS = GenParams(max_new_tokens=32)
@@ -80,13 +85,14 @@ def scenario(name: str) -> list[dict]:
 @pytest.mark.parametrize(
     ("name", "text", "finish_reason", "requests"),
     [
-        ("json", GOOD_JSON, "stop", 1),
-        ("garbage", GARBAGE, "stop", 1),
-        ("fenced-json", FENCED_JSON, "stop", 1),
-        ("out-of-range", OUT_OF_RANGE_JSON, "stop", 1),
+        ("json", GOOD_JSON, "eos", 1),
+        ("garbage", GARBAGE, "eos", 1),
+        ("fenced-json", FENCED_JSON, "eos", 1),
+        ("out-of-range", OUT_OF_RANGE_JSON, "eos", 1),
         ("length", "cut sho", "length", 1),
-        ("500-then-ok", GOOD_JSON, "stop", 2),
-        ("timeout-then-ok", GOOD_JSON, "stop", 2),
+        ("500-then-ok", GOOD_JSON, "eos", 2),
+        ("timeout-then-ok", GOOD_JSON, "eos", 2),
+        ("drop-then-ok", GOOD_JSON, "eos", 2),
     ],
 )
 def test_scenarios_that_end_in_a_reply(server, model, name, text, finish_reason, requests):
@@ -101,7 +107,12 @@ def test_scenarios_that_end_in_a_reply(server, model, name, text, finish_reason,
 
 @pytest.mark.parametrize(
     ("name", "reason", "requests"),
-    [("500-forever", "HTTP 500", 3), ("400", "HTTP 400", 1), ("401-echo-key", "HTTP 401", 1)],
+    [
+        ("500-forever", "HTTP 500", 3),
+        ("400", "HTTP 400", 1),
+        ("401-echo-key", "HTTP 401", 1),
+        ("drop-forever", "connection error", 3),  # a live server that breaks the connection
+    ],
 )
 def test_failures_become_error_generations(server, model, name, reason, requests):
     [generation] = model.generate([scenario(name)], PARAMS)
@@ -111,15 +122,51 @@ def test_failures_become_error_generations(server, model, name, reason, requests
     assert model.usage["failures"] == 1
 
 
-def test_connection_errors_are_retried_then_recorded(api_key):
+def dead_url() -> str:
+    """The URL of a port nothing listens on (bound, then closed)."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    with make_model(f"http://127.0.0.1:{port}/v1") as chat_model:
-        [generation] = chat_model.generate([user("anyone there?")], PARAMS)
-    assert generation.error.startswith("connection error")
-    assert chat_model.usage["requests"] == 3
-    assert chat_model.usage["retries"] == 2
+    return f"http://127.0.0.1:{port}/v1"
+
+
+def test_an_unreachable_server_stops_the_call_within_seconds(api_key):
+    url = dead_url()
+    # the real backoff (1 s, doubling) and retries: without the stop this takes minutes
+    chat_model = make_model(url, max_retries=5, backoff_base_s=1.0, backoff_max_s=30.0)
+    start = time.monotonic()
+    with chat_model, pytest.raises(ServerUnreachable) as raised:
+        chat_model.generate([user(f"anyone there? {i}") for i in range(20)], PARAMS)
+    assert time.monotonic() - start < 10
+    assert isinstance(raised.value, LmmixupError)  # the CLI prints it and exits 2
+    message = str(raised.value)
+    assert url in message and "Connection refused" in message and "start the server" in message
+    assert chat_model.usage["requests"] < 20
+    with pytest.raises(ServerUnreachable):  # and it stays given up
+        chat_model.generate([user("still there?")], PARAMS)
+
+
+def test_the_cli_names_an_unreachable_server_and_exits_2(tmp_path, api_key):
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text(
+        "".join(
+            json.dumps({"id": f"p{i}", "prompt": f"q{i}", "completion": f"a{i}", "source": "s"})
+            + "\n"
+            for i in range(20)
+        )
+    )
+    url = dead_url()
+    args = ["rate", str(pool), "-o", str(tmp_path / "rated.jsonl"), "--backend", "openai"]
+    args += ["--base-url", url, "--model", "m", "--mode", "generate"]
+    env = {**os.environ, "LMMIXUP_CACHE": str(tmp_path / "cache")}
+    start = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "lmmixup.cli", *args], capture_output=True, text=True, env=env
+    )
+    assert time.monotonic() - start < 60  # imports included; minutes before the stop
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("error: cannot reach the server at " + url)
+    assert "Traceback" not in done.stderr and "ConnectError" not in done.stderr
 
 
 def test_retry_after_is_honoured(server, model):
@@ -151,28 +198,81 @@ def test_results_keep_input_order_under_bounded_concurrency(server, model):
 
 def test_generation_params_reach_the_server(server, model):
     params = GenParams(
-        max_new_tokens=7,
-        temperature=0.3,
-        top_p=0.9,
-        stop=("\n\n",),
-        seed=3,
-        repetition_penalty=1.05,
+        max_new_tokens=7, temperature=0.3, top_p=0.9, seed=3, repetition_penalty=1.05
     )
     model.generate([user("a")], params)
     model.generate([user("b")], PARAMS)
     tuned, plain = (server.requests_for(c)[0].body for c in ("a", "b"))
     assert tuned["model"] == "fake-model"
     assert tuned["messages"] == user("a")
-    assert {k: tuned[k] for k in ("max_tokens", "temperature", "top_p", "stop", "seed")} == {
+    assert {k: tuned[k] for k in ("max_tokens", "temperature", "top_p", "seed")} == {
         "max_tokens": 7,
         "temperature": 0.3,
         "top_p": 0.9,
-        "stop": ["\n\n"],
         "seed": 3,
     }
     assert tuned["repetition_penalty"] == 1.05
     assert "repetition_penalty" not in plain
-    assert "stop" not in plain
+
+
+# ---------------------------------------------------------------------------- stop string or EOS
+
+ANSWER_PARAMS = GenParams(max_new_tokens=64, stop=("</answer>", "\n\nQ:"))
+OPEN = "<think>t</think><answer>Q: x\nA: y"
+
+
+@pytest.mark.parametrize(
+    ("names_stop", "reply", "ending"),
+    [
+        # (a) vLLM, ended at end-of-sequence: stop_reason null
+        (True, ok(OPEN), ("eos", None, OPEN)),
+        # (b) vLLM, ended on the stop string: the text without it, stop_reason naming it
+        (True, ok(OPEN, stop_reason="</answer>"), ("stop", "</answer>", OPEN)),
+        # vLLM, ended on one of the model's end-of-sequence token ids
+        (True, ok(OPEN, stop_reason=2), ("eos", None, OPEN)),
+        # vLLM, ended on a stop string the request did not ask for
+        (True, ok(OPEN, stop_reason="<|user|>"), ("eos", None, OPEN)),
+        # (c) no stop_reason: no stop strings sent; the text is cut here
+        (False, ok(OPEN), ("eos", None, OPEN)),
+        (False, ok(OPEN + "</answer>\nand more"), ("stop", "</answer>", OPEN)),
+        (False, ok(OPEN + "\n\nQ: next", finish_reason="length"), ("stop", "\n\nQ:", OPEN)),
+        (False, ok(OPEN + " and on", finish_reason="length"), ("length", None, OPEN + " and on")),
+    ],
+)
+def test_a_reply_says_whether_a_stop_string_or_the_model_ended_it(
+    api_key, names_stop, reply, ending
+):
+    with FakeOpenAIServer(stop_reason=names_stop) as server:
+        server.script("merge", reply)
+        with make_model(server.base_url) as chat_model:
+            [generation] = chat_model.generate([user("merge")], ANSWER_PARAMS)
+    assert (generation.finish_reason, generation.stop_string, generation.text) == ending
+    assert "stop" not in server.requests[0].body  # the server's ways are not known yet
+
+
+def test_stop_strings_are_sent_once_the_server_names_its_stops(api_key):
+    with FakeOpenAIServer(stop_reason=True) as server:
+        for content in ("one", "two"):
+            server.script(content, ok(OPEN + "</answer>\nand more"))
+        with make_model(server.base_url) as chat_model:
+            [first] = chat_model.generate([user("one")], ANSWER_PARAMS)
+            [second] = chat_model.generate([user("two")], ANSWER_PARAMS)
+    assert "stop" not in server.requests_for("one")[0].body
+    assert server.requests_for("two")[0].body["stop"] == ["</answer>", "\n\nQ:"]
+    for generation in (first, second):  # cut here, then by the server
+        assert (generation.text, generation.finish_reason) == (OPEN, "stop")
+        assert generation.stop_string == "</answer>"
+
+
+def test_a_reply_to_stop_strings_that_does_not_name_its_stop_is_asked_again(api_key):
+    with FakeOpenAIServer(stop_reason=True) as server:
+        server.script("two", ok(OPEN + "</answer>"))
+        with make_model(server.base_url) as chat_model:
+            chat_model.generate([user("one")], ANSWER_PARAMS)
+            server.stop_reason = False  # e.g. another server behind the same URL
+            [generation] = chat_model.generate([user("two")], ANSWER_PARAMS)
+    assert ["stop" in request.body for request in server.requests_for("two")] == [True, False]
+    assert (generation.text, generation.finish_reason) == (OPEN, "stop")
 
 
 def test_usage_counts_tokens(server, model):
@@ -233,6 +333,46 @@ def test_cached_generator_makes_no_second_request(server, model, tmp_path):
     assert [g.text for g in second] == [g.text for g in first]
     assert second[0].meta == {"cached": True}
     assert server.count == seen + 1  # only the failed item is asked again
+
+
+def test_replies_cached_before_stop_strings_were_told_apart(server, model, tmp_path):
+    cache = CallCache(tmp_path / "calls.sqlite")
+    old = {"text": "old", "finish_reason": "stop", "completion_tokens": 1, "prompt_tokens": 2}
+    for content, params in (("judge", PARAMS), ("merge", ANSWER_PARAMS)):
+        key = call_key(model.fingerprint, user(content), dataclasses.asdict(params))
+        cache.put(key, {**old, "error": None})
+    cached = CachedGenerator(model, cache)
+    [judged] = cached.generate([user("judge")], PARAMS)
+    [merged] = cached.generate([user("merge")], ANSWER_PARAMS)
+    # without stop strings, "stop" was end-of-sequence; with them it is unknown: asked again
+    assert (judged.text, judged.finish_reason, judged.meta) == ("old", "eos", {"cached": True})
+    assert (merged.text, merged.finish_reason) == ("echo: merge", "eos")
+    assert server.count == 1
+    [again] = cached.generate([user("merge")], ANSWER_PARAMS)
+    assert (again.text, again.meta, server.count) == ("echo: merge", {"cached": True}, 1)
+
+
+@pytest.fixture
+def cli_logging(monkeypatch, caplog):
+    """The CLI's logging set-up, undone after the test; root at INFO, as the CLI's default."""
+    from lmmixup import cli
+
+    monkeypatch.setitem(cli._state, "verbose", False)
+    names = ["", *cli.QUIET_LOGGERS]
+    levels = {name: logging.getLogger(name).level for name in names}
+    caplog.set_level(logging.INFO)
+    yield cli.main_options
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
+
+
+@pytest.mark.parametrize(("verbose", "lines"), [(False, 0), (True, 2)])
+def test_requests_are_logged_one_line_each_only_with_verbose(
+    server, model, caplog, cli_logging, verbose, lines
+):
+    cli_logging(verbose=verbose, quiet=False)
+    model.generate([user("a"), user("b")], PARAMS)
+    assert sum("HTTP Request" in record.getMessage() for record in caplog.records) == lines
 
 
 def test_server_shuts_down_cleanly():

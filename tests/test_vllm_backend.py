@@ -26,13 +26,22 @@ class FakeLLM:
 
     def generate(self, prompts, sampling, use_tqdm=True):
         self.requests.append((prompts, sampling))
-        replies = [("merged pair", "stop", [1, 2]), ("runs on and on", "length", [3] * 8)]
+        replies = [  # text, finish_reason, stop_reason (the stop string, None = EOS), tokens
+            ("merged pair", "stop", "</answer>", [1, 2]),
+            ("runs on and on", "length", None, [3] * 8),
+            ("ended by the model", "stop", None, [4] * 3),
+            ("ended on another EOS token", "stop", 2, [5] * 4),
+        ]
         return [
             SimpleNamespace(
                 prompt_token_ids=[0] * (i + 5),
-                outputs=[SimpleNamespace(text=text, finish_reason=reason, token_ids=ids)],
+                outputs=[
+                    SimpleNamespace(
+                        text=text, finish_reason=reason, stop_reason=stop, token_ids=ids
+                    )
+                ],
             )
-            for i, (text, reason, ids) in enumerate(replies[: len(prompts)])
+            for i, (text, reason, stop, ids) in enumerate(replies[: len(prompts)])
         ]
 
 
@@ -55,8 +64,9 @@ def fake_vllm(monkeypatch, tiny_llama):
 def test_vllm_adapter_maps_prompts_params_and_replies(fake_vllm, tiny_llama):
     model = load_generator(BackendConfig(backend="vllm", model=str(tiny_llama)))
     params = GenParams(max_new_tokens=8, stop=("</answer>",), assistant_prefix="<answer>\nQ:")
-    messages = [[{"role": "user", "content": "merge these"}], [{"role": "user", "content": "b"}]]
-    first, second = model.generate(messages, params)
+    messages = [[{"role": "user", "content": "merge these"}]]
+    messages += [[{"role": "user", "content": text}] for text in ("b", "c", "d")]
+    first, second, third, fourth = model.generate(messages, params)
 
     (llm,) = fake_vllm
     assert llm.model == str(tiny_llama) and llm.dtype == "auto"
@@ -76,7 +86,10 @@ def test_vllm_adapter_maps_prompts_params_and_replies(fake_vllm, tiny_llama):
         2,
         5,
     )
+    assert first.stop_string == "</answer>"
     assert second.finish_reason == "length" and second.completion_tokens == 8
+    # vLLM's stop_reason None (EOS) or a token id (another EOS token): the model ended it
+    assert [(g.finish_reason, g.stop_string) for g in (third, fourth)] == [("eos", None)] * 2
 
 
 def test_vllm_backend_without_the_package_says_what_to_do(monkeypatch):

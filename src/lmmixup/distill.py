@@ -7,7 +7,8 @@ to the members. Every cluster ends as one distilled record or one reject with it
 
 - generation_error: the backend failed on this cluster (retried on the next run);
 - truncated: the model ran out of tokens (`finish_reason == "length"`) before `</answer>`;
-- unparsable: no closed `<answer>` block;
+- unclosed_answer: the model ended the reply (end of sequence) inside its `<answer>` block;
+- unparsable: no `<answer>` block;
 - format: the answer does not follow the task type's layout;
 - empty: the answer block is blank;
 - copy: the pair repeats one member near verbatim (no merging happened);
@@ -32,13 +33,15 @@ from lmmixup.cache import CallCache
 from lmmixup.config import DistillConfig
 from lmmixup.errors import LmmixupError
 from lmmixup.io import read_records
-from lmmixup.runner import REJECT_KEY, BatchFn, numbered, process_records
-from lmmixup.tasks import task_format, task_parts
+from lmmixup.runner import REJECT_KEY, BatchFn, process_records
+from lmmixup.tasks import matches_task_pattern, task_format, task_parts
+from lmmixup.validate import CLUSTER_RECORD, POOL_RECORD, numbered_checked, read_checked
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
 TRUNCATION_MARKER = " [...]"
 GENERATION_ERROR = "generation_error"
+UNCLOSED_ANSWER = "unclosed_answer"
 PARAGRAPH_PROMPT = "Continue this paragraph: {opening}"
 
 SYSTEM_PROMPT = (
@@ -119,6 +122,17 @@ def _think_block(text: str) -> tuple[str | None, int]:
     return text[opened + len(THINK_OPEN) : closed].strip(), closed + len(THINK_CLOSE)
 
 
+def _answer_span(text: str) -> tuple[str | None, int, int]:
+    """The think block, where the first answer block's body starts and where it closes
+    (-1 when there is no `<answer>`, or no `</answer>` after it)."""
+    think, start = _think_block(text)
+    opened = text.find(ANSWER_OPEN, start)
+    if opened < 0:
+        return think, -1, -1
+    body = opened + len(ANSWER_OPEN)
+    return think, body, text.find(ANSWER_CLOSE, body)
+
+
 def parse_output(text: str) -> ParsedOutput | None:
     """The think and answer blocks of a reply; None without a closed `<answer>` block.
 
@@ -126,12 +140,7 @@ def parse_output(text: str) -> ParsedOutput | None:
     anything after that is ignored. Tags written inside the think block do not count.
     Both blocks are stripped of surrounding whitespace.
     """
-    think, start = _think_block(text)
-    opened = text.find(ANSWER_OPEN, start)
-    if opened < 0:
-        return None
-    body = opened + len(ANSWER_OPEN)
-    closed = text.find(ANSWER_CLOSE, body)
+    think, body, closed = _answer_span(text)
     if closed < 0:
         return None
     return ParsedOutput(think, text[body:closed].strip())
@@ -146,6 +155,44 @@ _WELL_FORMED = re.compile(
 def is_well_formed(text: str) -> bool:
     """Whether the whole reply is one think block then one answer block, only whitespace around."""
     return _WELL_FORMED.fullmatch(text) is not None
+
+
+@dataclass(frozen=True)
+class ReplyFormat:
+    """How a distiller reply is formed: the one reading `distill`, `eval distiller` and the
+    GRPO format reward share (see `reply_format`)."""
+
+    parsed: ParsedOutput | None
+    """The think block and the first closed answer block (`parse_output`); None without one."""
+    unclosed: bool
+    """An `<answer>` block opened and never closed: no answer, in every reading."""
+    well_formed: bool
+    """The whole reply is one think block then one answer block, only whitespace around."""
+    layout: bool
+    """The answer follows the task type's layout (paragraph: any non-blank text)."""
+
+    @property
+    def compliant(self) -> bool:
+        """Well formed, and the answer in the task's layout."""
+        return self.well_formed and self.layout
+
+
+def reply_format(text: str, task_type: str) -> ReplyFormat:
+    """How a reply's text is formed, for a task type: the one definition of a well-formed
+    distiller reply.
+
+    `text` is the reply as the model wrote it: from a backend, `closed_reply(generation)`
+    (the `</answer>` a stop string stood for put back; an answer the model left open at
+    end-of-sequence stays open); in GRPO, the completion, which has no stop strings.
+    """
+    think, body, closed = _answer_span(text)
+    parsed = None if closed < 0 else ParsedOutput(think, text[body:closed].strip())
+    return ReplyFormat(
+        parsed=parsed,
+        unclosed=body >= 0 and closed < 0,
+        well_formed=is_well_formed(text),
+        layout=parsed is not None and matches_task_pattern(parsed.answer, task_type),
+    )
 
 
 def _paragraph_pair(text: str) -> tuple[str, str] | None:
@@ -280,8 +327,10 @@ def distill_params(cfg: DistillConfig) -> GenParams:
 
 
 def closed_reply(generation: Generation) -> str:
-    """The reply with `</answer>` restored where generation stopped on a stop string (which
-    backends leave out): `</answer>` itself, or one of `extra_stops`."""
+    """The reply as the model wrote it: `</answer>` put back where one of the request's stop
+    strings ended it (backends leave the stop string out): `</answer>` itself, or one of
+    `extra_stops`. A reply that ended otherwise (end of sequence, length) stays as it is, so
+    an answer the model never closed stays unclosed."""
     text = generation.text
     if generation.finish_reason == "stop" and ANSWER_OPEN in text and ANSWER_CLOSE not in text:
         return text + ANSWER_CLOSE
@@ -296,8 +345,13 @@ class _Draft:
     task_type: str
     member_texts: list[str]
     generation: Generation
-    parsed: ParsedOutput | None
+    form: ReplyFormat | None
     pair: tuple[str, str] | None
+
+    @property
+    def parsed(self) -> ParsedOutput | None:
+        """The reply's think and answer blocks, None without a closed answer."""
+        return None if self.form is None else self.form.parsed
 
     @property
     def text(self) -> str | None:
@@ -314,10 +368,11 @@ def _draft(
     generation: Generation,
 ) -> _Draft:
     """Parse a cluster's reply into its answer and, where the layout holds, its pair."""
-    parsed = parse_output(closed_reply(generation)) if generation.ok else None
+    form = reply_format(closed_reply(generation), task_type) if generation.ok else None
+    parsed = None if form is None else form.parsed
     pair = answer_to_pair(parsed.answer, task_type) if parsed is not None else None
     member_texts = [record_text(member) for member in members]
-    return _Draft(cluster, task_type, member_texts, generation, parsed, pair)
+    return _Draft(cluster, task_type, member_texts, generation, form, pair)
 
 
 def _embed(drafts: Sequence[_Draft], embedder: Embedder) -> list[np.ndarray | None]:
@@ -340,6 +395,8 @@ def _reason(draft: _Draft, faithfulness: Faithfulness) -> str | None:
         return GENERATION_ERROR
     if "truncated" in faithfulness.flags:
         return "truncated"
+    if draft.form is not None and draft.form.unclosed:
+        return UNCLOSED_ANSWER
     if draft.parsed is None:
         return "unparsable"
     if draft.parsed.answer and draft.pair is None:
@@ -426,18 +483,34 @@ def make_distill_fn(
     return distill_batch
 
 
-def load_members(pool_path: str | Path, member_ids: set[str]) -> dict[str, dict]:
-    """The pool records with the given ids; an error naming a few ids that are missing."""
-    found = {
-        record["id"]: record for record in read_records(pool_path) if record["id"] in member_ids
-    }
-    missing = sorted(member_ids - set(found))
-    if missing:
-        raise LmmixupError(
-            f"{pool_path}: {len(missing)} cluster member(s) are not in the pool, "
-            f"e.g. {', '.join(map(repr, missing[:3]))}; is it the pool the clusters were made from?"
-        )
-    return found
+def load_members(
+    pool_path: str | Path,
+    clusters_path: str | Path,
+    clusters: Sequence[tuple[int, dict]],
+    *,
+    allow_empty: bool = True,
+) -> dict[str, dict]:
+    """The pool records the (numbered) clusters name, the pool file checked whole; an error
+    naming the first cluster line with a member the pool lacks."""
+    records = read_checked(pool_path, POOL_RECORD, allow_empty=allow_empty)
+    pool = {record["id"]: record for record in records}
+    for number, cluster in clusters:
+        missing = [member_id for member_id in cluster["member_ids"] if member_id not in pool]
+        if missing:
+            raise LmmixupError(
+                f"{clusters_path}:{number}: member {missing[0]!r} is not in {pool_path}; "
+                "pass the pool the clusters were made from (--pool)"
+            )
+    return {member_id: pool[member_id] for _, c in clusters for member_id in c["member_ids"]}
+
+
+def read_distill_inputs(
+    clusters_path: str | Path, pool_path: str | Path, *, allow_empty: bool = True
+) -> tuple[list[tuple[int, dict]], dict[str, dict]]:
+    """The numbered cluster records and the pool records they name, both files checked
+    before any model loads (an empty file is an error unless `allow_empty`)."""
+    clusters = numbered_checked(clusters_path, CLUSTER_RECORD, allow_empty=allow_empty)
+    return clusters, load_members(pool_path, clusters_path, clusters, allow_empty=allow_empty)
 
 
 def reject_reasons(rejects_path: str | Path) -> dict[str, int]:
@@ -467,14 +540,13 @@ def distill_clusters(
     from lmmixup.backends import load_generator
     from lmmixup.backends.embed import load_embedder
 
+    numbered_clusters, members_by_id = read_distill_inputs(clusters_path, pool_path)
     # Input records carry their output's id, so the runner's resume (keyed by `id`) and
     # reject line numbers work at cluster granularity.
     clusters = [
         (number, {**cluster, "id": distilled_id(cluster["cluster_id"])})
-        for number, cluster in numbered(Path(clusters_path))
+        for number, cluster in numbered_clusters
     ]
-    needed = {member_id for _, cluster in clusters for member_id in cluster["member_ids"]}
-    members_by_id = load_members(pool_path, needed)
     distill_fn = make_distill_fn(
         load_generator(cfg.generator, cache),
         load_embedder(embedder_name or cfg.embedder),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Protocol
@@ -12,12 +14,37 @@ class Advance(Protocol):
 
 
 _enabled = True
+LIBRARY_BAR_SWITCHES = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "TQDM_DISABLE": "1"}
+"""Environment settings that turn off the libraries' own bars (transformers' "Loading
+weights", hub downloads, any tqdm bar); read when those libraries load."""
+
+
+_replaced_settings: dict[str, str | None] = {}
 
 
 def set_enabled(enabled: bool) -> None:
-    """Turn progress bars on or off for this process."""
+    """Turn progress bars on or off for this process, the libraries' bars included."""
     global _enabled
     _enabled = enabled
+    if enabled:  # put back what turning them off changed
+        for name, previous in _replaced_settings.items():
+            if previous is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = previous
+        _replaced_settings.clear()
+        return
+    for name, value in LIBRARY_BAR_SWITCHES.items():
+        _replaced_settings.setdefault(name, os.environ.get(name))
+        os.environ[name] = value
+    if "huggingface_hub" in sys.modules:  # loaded already: tell them directly
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
 
 
 @contextmanager

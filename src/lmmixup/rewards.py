@@ -10,7 +10,9 @@ TRL passes (``prompts``, ``completion_ids``, ``trainer_state``, ...) is ignored,
   whitespace around (one block each, no tags inside); + 0.5 when the first ``<answer>`` block
   parses and follows the task type's layout (paragraph: any non-blank text). The second half
   does not need the first: a reply with stray text or a second answer block still earns it.
-  A blank answer earns no layout credit, so tags alone score 0.5.
+  A blank answer earns no layout credit, so tags alone score 0.5. Both halves are the
+  ``well_formed`` and ``layout`` of :func:`lmmixup.distill.reply_format`, the definition
+  ``distill`` and ``eval distiller`` use too: an answer never closed earns nothing.
 - alignment: cosine between the answer and the ``reference`` column; 1 if >= 0.8 else 0
   (``threshold`` mode, the paper's) or the cosine clipped to [0, 1] (``continuous``).
 - quality: the kNN-Bayes score of the answer text by the task type's scorer of a
@@ -44,7 +46,7 @@ import numpy as np
 
 from lmmixup.backends.embed import record_text
 from lmmixup.config import DEFAULT_EMBEDDER
-from lmmixup.distill import is_well_formed, parse_output
+from lmmixup.distill import parse_output, reply_format
 from lmmixup.errors import LmmixupError
 from lmmixup.io import read_records
 from lmmixup.rating.knn_bayes import (
@@ -57,7 +59,7 @@ from lmmixup.rating.knn_bayes import (
     continuous_reward,
     load_task_scorers,
 )
-from lmmixup.tasks import matches_task_pattern, task_format
+from lmmixup.tasks import task_format
 
 log = logging.getLogger(__name__)
 
@@ -293,10 +295,10 @@ def _check_choice(value: str, allowed: tuple[str, ...], what: str) -> None:
 
 def format_score(text: str, task_type: str = DEFAULT_TASK_TYPE) -> float:
     """Format reward of one reply: structure credit plus layout credit (module doc)."""
-    structure = STRUCTURE_CREDIT if is_well_formed(text) else 0.0
-    answer = answer_of(text)
-    layout = answer is not None and matches_task_pattern(answer, task_type)
-    return structure + (PATTERN_CREDIT if layout else 0.0)
+    form = reply_format(text, task_type)
+    return (STRUCTURE_CREDIT if form.well_formed else 0.0) + (
+        PATTERN_CREDIT if form.layout else 0.0
+    )
 
 
 def make_format_reward(stats: RewardStats = REWARD_STATS) -> RewardFn:

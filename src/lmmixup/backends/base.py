@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
@@ -28,18 +29,40 @@ class GenParams:
 
 @dataclass
 class Generation:
-    """One reply: its text, why it ended (stop | length | error), tokens used, the error if any."""
+    """One reply: its text, why it ended, tokens used, the error if any.
+
+    `finish_reason` is one of:
+
+    - stop: one of the request's stop strings ended the reply; `stop_string` says which. The
+      text ends before it (as OpenAI-compatible servers return it);
+    - eos: the model ended the reply itself (its end-of-sequence token, or a stop the request
+      did not ask for);
+    - length: `max_new_tokens` ran out;
+    - error: the backend failed (`error` says why);
+
+    or another reason a server gave (e.g. content_filter).
+    """
 
     text: str
     finish_reason: str
     completion_tokens: int = 0
     prompt_tokens: int = 0
     error: str | None = None
+    stop_string: str | None = None
     meta: dict = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
         return self.error is None
+
+
+def cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, str | None]:
+    """The text before the first stop string in it, and that stop string (None: none is in it)."""
+    found = [(index, stop) for stop in stops if stop and (index := text.find(stop)) >= 0]
+    if not found:
+        return text, None
+    index, stop = min(found, key=lambda hit: hit[0])
+    return text[:index], stop
 
 
 class RequestBudgetExhausted(LmmixupError):
@@ -74,6 +97,11 @@ class CachedGenerator:
 
     Paid backends (those with a `concurrency`) are called in chunks of that size and each
     chunk is cached as soon as it returns, so a crash loses at most the calls in flight.
+
+    Replies cached before `Generation.stop_string` existed said "stop" for a stop string and
+    for end-of-sequence alike. Such a reply to a call without stop strings can only have
+    ended at end-of-sequence and is read as "eos"; one to a call with stop strings cannot be
+    told apart, so it is asked again (and its entry replaced), never guessed.
     """
 
     def __init__(self, inner: Generator, cache: CallCache):
@@ -89,7 +117,7 @@ class CachedGenerator:
         results: list[Generation | None] = []
         for key in keys:
             hit = self.cache.get(key)
-            results.append(None if hit is None else Generation(**hit, meta={"cached": True}))
+            results.append(None if hit is None else _cached_generation(hit, params))
         missing = [i for i, result in enumerate(results) if result is None]
         step = self.chunk_size or max(len(missing), 1)
         for start in range(0, len(missing), step):
@@ -112,6 +140,15 @@ class CachedGenerator:
             if g is not None and g.ok
         }
         self.cache.put_many(done)
+
+
+def _cached_generation(entry: dict, params: GenParams) -> Generation | None:
+    """The Generation a cache entry holds; None when it must be asked again (see CachedGenerator)."""
+    if "stop_string" not in entry and entry.get("finish_reason") == "stop":
+        if params.stop:
+            return None
+        entry = {**entry, "finish_reason": "eos"}
+    return Generation(**entry, meta={"cached": True})
 
 
 def _cacheable(generation: Generation) -> dict:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from lmmixup.assets import model_fingerprint, resolve_model
-from lmmixup.backends.base import Generation, GenParams, Messages
+from lmmixup.backends.base import Generation, GenParams, Messages, cut_at_stop
+from lmmixup.errors import LmmixupError
 
 
 def pick_dtype(name: str):
@@ -109,33 +110,51 @@ class HFChatModel:
         return results  # type: ignore[return-value]
 
     def _decode(self, tokens, params: GenParams, prompt_tokens: int) -> Generation:
-        """Text and finish reason of one generated row.
+        """Text and finish reason of one generated row: stop (a stop string), eos or length.
 
         Like OpenAI-compatible servers, the text ends before the first stop string it hit.
+        A row that ended before `max_new_tokens` (padding follows it) or on the EOS token, with
+        no stop string in its text, ended at end-of-sequence.
         """
         ids = tokens.tolist()
         pad, eos = self.tokenizer.pad_token_id, self.tokenizer.eos_token_id
         count = len(ids)
         while count and ids[count - 1] == pad:
             count -= 1
-        ended_on_eos = count < len(ids) or (count and ids[count - 1] == eos)
         generated = self.tokenizer.decode(ids[:count], skip_special_tokens=True)
-        cut = min((i for stop in params.stop if (i := generated.find(stop)) >= 0), default=-1)
-        if cut >= 0:
-            generated = generated[:cut]
-        stopped = ended_on_eos or cut >= 0 or count < params.max_new_tokens
+        generated, stop_string = cut_at_stop(generated, params.stop)
         text = params.assistant_prefix + generated
-        return Generation(text, "stop" if stopped else "length", count, prompt_tokens)
+        if stop_string is not None:
+            reason = "stop"
+        elif count < params.max_new_tokens or (count and ids[count - 1] == eos):
+            reason = "eos"
+        else:
+            reason = "length"
+        return Generation(text, reason, count, prompt_tokens, stop_string=stop_string)
 
-    def next_token_logprobs(self, texts: list[str], candidates: list[str]) -> np.ndarray:
-        """log P(candidate's first token | text) for each rendered text; (n, len(candidates)).
+    def single_token_ids(self, context: str, candidates: list[str]) -> list[int | None]:
+        """The token each candidate adds right after `context` (see `single_token_ids`)."""
+        return single_token_ids(self.tokenizer, context, candidates)
 
+    def next_token_logprobs(
+        self, texts: list[str], candidates: list[str], context: str = ""
+    ) -> np.ndarray:
+        """log P(candidate | text) for each rendered text; (n, len(candidates)).
+
+        Every text ends with `context` (e.g. a judge's pre-filled `{"overall":`), after which
+        each candidate must be a single token; a candidate that is not is an error.
         One forward pass per batch. The token prefix that all texts of a batch share (e.g. a
         judge's rubric) is run once and its key/value cache reused for every row.
         """
         import torch
 
-        ids = [self.tokenizer.encode(c, add_special_tokens=False)[0] for c in candidates]
+        ids = self.single_token_ids(context, candidates)
+        if None in ids:
+            bad = candidates[ids.index(None)]
+            raise LmmixupError(
+                f"{self.name}: {bad!r} is not a single token after {context!r} in this "
+                "model's vocabulary, so its probability cannot be read in one step"
+            )
         rows = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
         out = np.zeros((len(texts), len(ids)), dtype=np.float64)
         for batch in self._batches(texts):
@@ -207,6 +226,23 @@ def _stop_criteria(tokenizer, stops: tuple[str, ...], prompt_length: int) -> lis
             return torch.tensor(hit, dtype=torch.bool, device=input_ids.device)
 
     return [StopOnStrings()]
+
+
+def single_token_ids(tokenizer, context: str, candidates: list[str]) -> list[int | None]:
+    """The one token each candidate adds when written right after `context`, or None where it
+    takes several tokens, merges with the end of `context` or is the unknown token.
+
+    Tokenised in context, not alone: a SentencePiece vocabulary writes "7" alone as "▁" + "7",
+    whose first piece every digit shares.
+    """
+    base = tokenizer.encode(context, add_special_tokens=False)
+    unknown = getattr(tokenizer, "unk_token_id", None)
+    found: list[int | None] = []
+    for candidate in candidates:
+        ids = tokenizer.encode(context + candidate, add_special_tokens=False)
+        one = len(ids) == len(base) + 1 and ids[: len(base)] == base and ids[-1] != unknown
+        found.append(ids[-1] if one else None)
+    return found
 
 
 def _common_prefix_length(rows: list[list[int]]) -> int:

@@ -1,8 +1,9 @@
 """Any OpenAI-compatible chat-completions server (OpenAI, vLLM serve, llama.cpp server).
 
 Our own retry policy (the client's retries are off), bounded concurrency, a hard cap on
-HTTP requests, and usage accounting. The API key is read from the environment or a file,
-handed to the client and nowhere else: it is never logged, raised, stored or printed.
+HTTP requests, usage accounting, and a quick stop when the server cannot be reached. The
+API key is read from the environment or a file, handed to the client and nowhere else: it is
+never logged, raised, stored or printed.
 """
 
 from __future__ import annotations
@@ -10,22 +11,33 @@ from __future__ import annotations
 import os
 import random
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import openai
 
-from lmmixup.backends.base import Generation, GenParams, Messages, RequestBudgetExhausted
+from lmmixup.backends.base import (
+    Generation,
+    GenParams,
+    Messages,
+    RequestBudgetExhausted,
+    cut_at_stop,
+)
 from lmmixup.config import BackendConfig
-from lmmixup.errors import ConfigError
+from lmmixup.errors import ConfigError, LmmixupError
 
 NO_KEY = "EMPTY"
 """Sent when no key is configured: local servers (vLLM, llama.cpp) started without one accept it."""
 
 _RETRYABLE_STATUS = frozenset({408, 429})
 _MAX_REASON_CHARS = 300
+UNREACHABLE_AFTER = 3
+"""Failed connection attempts in a row (refused, unknown host, no connection in time) after
+which the server is taken as unreachable and the call stops."""
+CONNECT_TIMEOUT_S = 5.0
+"""At most this long to open a connection (the request timeout covers the reply)."""
+_CONNECT_ERRORS = frozenset({"ConnectError", "ConnectTimeout"})
 
 
 def read_api_key(env_name: str = "OPENAI_API_KEY", key_file: str | None = None) -> str:
@@ -65,15 +77,28 @@ class _Budget:
 
 @dataclass(frozen=True)
 class _Failure:
-    """One failed attempt: whether to try again, why it failed, and the server's Retry-After."""
+    """One failed attempt: whether to try again, why it failed, the server's Retry-After, and
+    whether no connection to the server could be made at all."""
 
     retryable: bool
     reason: str
     retry_after_s: float | None = None
+    unreachable: bool = False
 
 
 class _OutOfBudget(Exception):
     """Internal: an item needs a request but the budget is spent."""
+
+
+class ServerUnreachable(LmmixupError):
+    """No connection to the server could be made, several attempts in a row."""
+
+    def __init__(self, base_url: str, reason: str):
+        super().__init__(
+            f"cannot reach the server at {base_url}: {UNREACHABLE_AFTER} attempts in a row "
+            f"failed, the last with {reason}; start the server or correct base_url "
+            "(--base-url), then re-run"
+        )
 
 
 def _retry_after_seconds(error: openai.APIStatusError) -> float | None:
@@ -98,13 +123,24 @@ def _status_message(error: openai.APIStatusError) -> str:
     return ""
 
 
-def _classify(error: openai.APIError, timeout_s: float) -> _Failure:
+def _cannot_connect(error: openai.APIError) -> bool:
+    """Whether the request never reached the server: connection refused, unknown host, or no
+    connection in time. Told by the class names of the HTTP library's (httpx or httpx2) errors."""
+    cause = error.__cause__
+    return cause is not None and any(cls.__name__ in _CONNECT_ERRORS for cls in type(cause).__mro__)
+
+
+def _classify(error: openai.APIError, timeout_s: float, connect_timeout_s: float) -> _Failure:
     """Retry on timeouts, connection errors, 408, 429 and 5xx; nothing else."""
+    if isinstance(error, openai.APIConnectionError) and _cannot_connect(error):
+        if isinstance(error, openai.APITimeoutError):
+            return _Failure(True, f"no connection within {connect_timeout_s:g} s", unreachable=True)
+        return _Failure(True, f"connection error ({error.__cause__})", unreachable=True)
     if isinstance(error, openai.APITimeoutError):
         return _Failure(True, f"timeout after {timeout_s:g} s")
     if isinstance(error, openai.APIConnectionError):
-        cause = type(error.__cause__).__name__ if error.__cause__ else "unknown cause"
-        return _Failure(True, f"connection error ({cause})")
+        detail = str(error.__cause__ or "") or "the connection broke"
+        return _Failure(True, f"connection error ({detail})")
     if isinstance(error, openai.APIStatusError):
         status = error.status_code
         message = _status_message(error)
@@ -123,6 +159,19 @@ class OpenAIChatModel:
     capped at `retry_after_cap_s`, is waited instead); other errors are not. An item that
     still fails becomes `Generation(text="", finish_reason="error", error=reason)`: the batch
     never raises for it.
+
+    Unreachable server: when `UNREACHABLE_AFTER` attempts in a row (over all items) cannot
+    even connect (connection refused, unknown host, no connection within
+    `CONNECT_TIMEOUT_S`), `generate` stops waiting and raises ServerUnreachable naming the
+    URL. Any reply from the server, an HTTP error included, resets the count: a live server's
+    429s and 5xx keep their retries.
+
+    Stop strings: a reply must say whether it ended on one of `params.stop` (finish_reason
+    "stop") or at end-of-sequence ("eos"). vLLM says so in `stop_reason`; other servers
+    (OpenAI, llama.cpp) answer "stop" for both. So the stop strings are sent only once the
+    server has shown `stop_reason` in a reply; until then the server writes on to its own end
+    and the text is cut here before the first stop string. A reply to a request with stop
+    strings that does not name its stop is asked again without them.
 
     Request cap: every HTTP attempt, retries included, takes one ticket from `max_requests`
     for the life of the object. An item that needs a request when none is left gets none;
@@ -154,11 +203,12 @@ class OpenAIChatModel:
         self._client = openai.OpenAI(
             api_key=read_api_key(api_key_env, api_key_file),
             base_url=base_url,
-            timeout=timeout_s,
+            timeout=openai.Timeout(timeout_s, connect=min(timeout_s, CONNECT_TIMEOUT_S)),
             max_retries=0,
         )
         self.name = model
         self.base_url = str(self._client.base_url).rstrip("/")
+        self.connect_timeout_s = min(timeout_s, CONNECT_TIMEOUT_S)
         self.fingerprint = f"openai:{self.base_url}:{model}"
         self.concurrency = concurrency
         self.max_retries = max_retries
@@ -172,6 +222,10 @@ class OpenAIChatModel:
         self._budget = _Budget(max_requests)
         self._usage_lock = threading.Lock()
         self._jitter = random.Random()
+        self._connect_failures = 0
+        self._unreachable_reason = ""
+        self._given_up = threading.Event()
+        self._names_stop = False  # the server names the stop that ended a reply (`stop_reason`)
 
     def __repr__(self) -> str:
         return f"OpenAIChatModel(model={self.name!r}, base_url={self.base_url!r})"
@@ -199,7 +253,9 @@ class OpenAIChatModel:
         workers = min(self.concurrency, len(prompts))
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="openai-chat")
         try:
-            results = list(pool.map(lambda messages: self._complete(messages, request), prompts))
+            results = list(
+                pool.map(lambda messages: self._complete(messages, request, params.stop), prompts)
+            )
         finally:
             # on an interrupt, items not yet started are dropped; those in flight finish
             pool.shutdown(wait=True, cancel_futures=True)
@@ -210,7 +266,7 @@ class OpenAIChatModel:
         return results  # type: ignore[return-value]
 
     def _request_args(self, params: GenParams) -> dict:
-        """The chat-completions arguments for these decoding settings."""
+        """The chat-completions arguments for these decoding settings (stop strings apart)."""
         args: dict = {
             "model": self.name,
             "max_tokens": params.max_new_tokens,
@@ -218,8 +274,6 @@ class OpenAIChatModel:
             "top_p": params.top_p,
             "seed": params.seed,
         }
-        if params.stop:
-            args["stop"] = list(params.stop)
         extra: dict = {}
         if params.repetition_penalty != 1.0:
             extra["repetition_penalty"] = params.repetition_penalty
@@ -230,44 +284,80 @@ class OpenAIChatModel:
             args["extra_body"] = extra
         return args
 
-    def _complete(self, messages: Messages, request: dict) -> Generation | None:
-        """One item with retries; None when the request budget ran out before it ended."""
+    def _complete(
+        self, messages: Messages, request: dict, stops: tuple[str, ...]
+    ) -> Generation | None:
+        """One item with retries; None when the request budget ran out before it ended.
+        Raises ServerUnreachable once the server is taken as unreachable."""
         attempt = 0
         while True:
+            self._raise_if_unreachable()
             try:
-                return self._attempt(messages, request, attempt)
+                generation = self._attempt(messages, request, stops, attempt)
             except _OutOfBudget:
                 return None
             except openai.APIError as error:
-                failure = _classify(error, self.timeout_s)
+                failure = _classify(error, self.timeout_s, self.connect_timeout_s)
+            else:
+                self._note_connection(None)
+                return generation
+            self._note_connection(failure)
+            self._raise_if_unreachable()
             if not failure.retryable or attempt >= self.max_retries:
                 self._count(failures=1)
                 return Generation("", "error", error=self._redact(failure.reason))
-            time.sleep(self._delay(attempt, failure.retry_after_s))
+            self._given_up.wait(self._delay(attempt, failure.retry_after_s))
             attempt += 1
             self._count(retries=1)
 
-    def _attempt(self, messages: Messages, request: dict, attempt: int) -> Generation:
-        """Send one HTTP request (taking a budget ticket) and read its reply."""
-        if not self._budget.take():
-            raise _OutOfBudget
-        self._count(requests=1)
-        response = self._client.chat.completions.create(messages=messages, **request)
-        usage = response.usage
-        prompt_tokens = usage.prompt_tokens if usage else 0
-        completion_tokens = usage.completion_tokens if usage else 0
-        self._count(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
-        if not response.choices:
-            self._count(failures=1)
-            return Generation("", "error", error="the server's reply has no choices")
-        choice = response.choices[0]
-        return Generation(
-            text=choice.message.content or "",
-            finish_reason=choice.finish_reason or "stop",
-            completion_tokens=completion_tokens,
-            prompt_tokens=prompt_tokens,
-            meta={"attempts": attempt + 1},
-        )
+    def _note_connection(self, failure: _Failure | None) -> None:
+        """Count attempts in a row that could not connect; any reply from the server (None,
+        or an HTTP error) resets the count. At UNREACHABLE_AFTER the server is given up."""
+        with self._usage_lock:
+            if failure is None or not failure.unreachable:
+                self._connect_failures = 0
+                return
+            self._connect_failures += 1
+            if self._connect_failures >= UNREACHABLE_AFTER and not self._given_up.is_set():
+                self._unreachable_reason = self._redact(failure.reason)
+                self._given_up.set()
+
+    def _raise_if_unreachable(self) -> None:
+        if self._given_up.is_set():
+            raise ServerUnreachable(self.base_url, self._unreachable_reason)
+
+    def _attempt(
+        self, messages: Messages, request: dict, stops: tuple[str, ...], attempt: int
+    ) -> Generation:
+        """Send one HTTP request (taking a budget ticket) and read its reply; a reply that
+        does not say how it ended is asked again without stop strings (class docstring)."""
+        while True:
+            if not self._budget.take():
+                raise _OutOfBudget
+            self._count(requests=1)
+            send_stops = bool(stops) and self._names_stop
+            args = {**request, "stop": list(stops)} if send_stops else request
+            response = self._client.chat.completions.create(messages=messages, **args)
+            usage = response.usage
+            prompt_tokens = usage.prompt_tokens if usage else 0
+            completion_tokens = usage.completion_tokens if usage else 0
+            self._count(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
+            if not response.choices:
+                self._count(failures=1)
+                return Generation("", "error", error="the server's reply has no choices")
+            choice = response.choices[0]
+            self._names_stop = "stop_reason" in (choice.model_extra or {})
+            ending = _ending(choice, stops, send_stops)
+            if ending is not None:
+                text, finish_reason, stop_string = ending
+                return Generation(
+                    text=text,
+                    finish_reason=finish_reason,
+                    completion_tokens=completion_tokens,
+                    prompt_tokens=prompt_tokens,
+                    stop_string=stop_string,
+                    meta={"attempts": attempt + 1},
+                )
 
     def _delay(self, attempt: int, retry_after_s: float | None) -> float:
         """Seconds to wait before retry `attempt + 1`: Retry-After (capped), else backoff."""
@@ -305,6 +395,26 @@ def load(cfg: BackendConfig) -> OpenAIChatModel:
         max_retries=cfg.max_retries,
         timeout_s=cfg.timeout_s,
     )
+
+
+def _ending(choice, stops: tuple[str, ...], sent_stops: bool) -> tuple[str, str, str | None] | None:
+    """A choice's text (cut before the first stop string in it), finish reason and stop string.
+
+    finish_reason "stop" means one of `stops` ended the reply, "eos" that the model ended it;
+    vLLM's `stop_reason` tells them apart (null or a token id: end-of-sequence). None when it
+    cannot be told: stop strings were sent and the server does not name the one it hit.
+    """
+    text, stop = cut_at_stop(choice.message.content or "", stops)
+    if stop is not None:
+        return text, "stop", stop
+    reason = choice.finish_reason or "stop"
+    if reason != "stop":
+        return text, reason, None
+    extra = choice.model_extra or {}
+    if "stop_reason" in extra:
+        named = extra["stop_reason"]
+        return (text, "stop", named) if named in stops else (text, "eos", None)
+    return None if sent_stops else (text, "eos", None)
 
 
 def _prefixed(result: Generation | None, prefix: str) -> Generation | None:

@@ -1,8 +1,9 @@
 """In-process vLLM generation: `backend: vllm` (a GPU machine with the `vllm` extra installed).
 
 Same contract as the other generators: chat-templated prompts (optionally pre-filled), greedy
-by default, the reply's text ending before the first stop string, `finish_reason` stop or
-length. For a remote GPU, `vllm serve MODEL` plus `backend: openai` does the same job.
+by default, the reply's text ending before the first stop string, `finish_reason` stop (a stop
+string, from vLLM's `stop_reason`), eos or length. For a remote GPU, `vllm serve MODEL` plus
+`backend: openai` does the same job.
 """
 
 from __future__ import annotations
@@ -51,14 +52,21 @@ class VLLMChatModel:
         )
         texts = [self.render(messages, params.assistant_prefix) for messages in prompts]
         outputs = self.llm.generate(texts, sampling, use_tqdm=False)
-        return [self._generation(output, params.assistant_prefix) for output in outputs]
+        return [self._generation(output, params) for output in outputs]
 
     @staticmethod
-    def _generation(output, prefix: str) -> Generation:
+    def _generation(output, params: GenParams) -> Generation:
+        """One vLLM output as a Generation; `stop_reason` is the stop string that ended it,
+        None at end-of-sequence, a token id for the model's other end-of-sequence tokens."""
         best = output.outputs[0]
+        stop = best.stop_reason if best.stop_reason in params.stop else None
+        reason = best.finish_reason
+        if reason == "stop":
+            reason = "stop" if stop is not None else "eos"
         return Generation(
-            prefix + best.text,
-            "length" if best.finish_reason == "length" else "stop",
+            params.assistant_prefix + best.text,
+            reason,
             len(best.token_ids),
             len(output.prompt_token_ids),
+            stop_string=stop,
         )

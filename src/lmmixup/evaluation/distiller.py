@@ -6,7 +6,10 @@ repetition penalty 1.05, stop after `</answer>`); replies are cached in the call
 a re-run only generates what is new. Per model:
 
 - format compliance: the share of replies that are well formed (one think block, one answer
-  block, only whitespace around), whose answer follows the task layout, and both;
+  block, only whitespace around), whose answer follows the task layout, and both, by the
+  definition `distill` and the GRPO format reward use (`distill.reply_format`). The reply
+  is read as the model wrote it (`distill.closed_reply`): the `</answer>` a stop string stood
+  for is put back; an answer left open at end-of-sequence stays open and counts as neither;
 - the GRPO reward components against the record's answer (quality needs a library; without
   one, quality and the total are null) and the weighted total;
 - judge ratings of the pairs parsed from the answers (`distill.answer_to_pair`): mean raw
@@ -33,21 +36,15 @@ from pydantic import Field
 from lmmixup.backends.base import Generation
 from lmmixup.cache import CallCache
 from lmmixup.config import OPERATIONAL, BackendConfig, DistillConfig, Section
-from lmmixup.distill import (
-    answer_to_pair,
-    closed_reply,
-    distill_params,
-    is_well_formed,
-    parse_output,
-)
+from lmmixup.distill import answer_to_pair, closed_reply, distill_params, reply_format
 from lmmixup.errors import LmmixupError
-from lmmixup.io import read_records, write_records
+from lmmixup.io import write_records
 from lmmixup.mixture import prompt_messages
 from lmmixup.progress import progress
 from lmmixup.runner import BatchFn
-from lmmixup.tasks import matches_task_pattern
 from lmmixup.training.common import FINAL_DIR
 from lmmixup.training.grpo import COMPONENTS, RewardSet, RewardSettings, load_reward_set
+from lmmixup.validate import MIXTURE_RECORD, read_checked
 
 RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
@@ -149,19 +146,17 @@ def generate_replies(
 
 def format_flags(text: str, task_type: str) -> dict[str, bool]:
     """Whether a reply is well formed, whether its answer follows the task layout, and both."""
-    parsed = parse_output(text)
-    pattern = parsed is not None and matches_task_pattern(parsed.answer, task_type)
-    well_formed = is_well_formed(text)
+    form = reply_format(text, task_type)
     return {
-        "well_formed": well_formed,
-        "task_pattern": pattern,
-        "compliant": well_formed and pattern,
+        "well_formed": form.well_formed,
+        "task_pattern": form.layout,
+        "compliant": form.compliant,
     }
 
 
 def parsed_pair(text: str, task_type: str) -> dict[str, str] | None:
     """The (prompt, completion) pair a reply's answer holds, None when it holds none."""
-    parsed = parse_output(text)
+    parsed = reply_format(text, task_type).parsed
     pair = None if parsed is None else answer_to_pair(parsed.answer, task_type)
     return None if pair is None else {"prompt": pair[0], "completion": pair[1]}
 
@@ -333,16 +328,11 @@ def evaluate_distillers(
 ) -> dict[str, Any]:
     """Generate, score and judge every model on the test records; write the reports.
 
-    The judge, the rewards and the cache default to the configured ones (tests pass fakes).
-    Returns the results written to OUT/results.json.
+    The test file is checked whole before any model loads. The judge, the rewards and the
+    cache default to the configured ones (tests pass fakes). Returns the results written to
+    OUT/results.json.
     """
-    if not Path(test_path).is_file():
-        raise LmmixupError(
-            f"{test_path} does not exist; `lmmixup mixture build` writes grpo_test.jsonl"
-        )
-    records = read_records(test_path)[: cfg.limit]
-    if not records:
-        raise LmmixupError(f"{test_path} holds no records")
+    records = read_checked(test_path, MIXTURE_RECORD)[: cfg.limit]
     cache = cache or CallCache()
     rewards = rewards or load_reward_set(cfg.rewards, require_quality=False)
     out = Path(out_dir)
