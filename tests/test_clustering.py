@@ -293,3 +293,67 @@ def test_cluster_by_group_rejects_sizes():
 def test_cluster_by_group_names_the_group_it_cannot_split():
     with pytest.raises(ValueError, match="'b'"):
         cluster_by_group(_unit(16, 4), ["a"] * 10 + ["b"] * 6, min_size=4, max_size=5)
+
+
+# ---------------------------------------------------------------------------------------
+# the cluster stage
+
+
+class _FakeEmbedder:
+    """Unit vectors from the text's length (enough to cluster), without a model."""
+
+    def encode(self, texts, description=""):
+        return _unit(len(texts), 8, seed=len(texts))
+
+
+def _records(counts: dict[str, int]) -> list[dict]:
+    return [
+        {"id": f"{source}{i}", "prompt": f"q{i}", "completion": f"a{i}", "source": source}
+        for source, count in counts.items()
+        for i in range(count)
+    ]
+
+
+def test_cluster_file_accounts_for_groups_below_min_size(tmp_path, monkeypatch):
+    from lmmixup.cluster_stage import cluster_file
+    from lmmixup.config import ClusterConfig
+    from lmmixup.io import read_records, write_records
+
+    monkeypatch.setattr("lmmixup.cluster_stage.load_embedder", lambda name: _FakeEmbedder())
+    records = _records({"big": 20, "lone": 1, "pair": 2})
+    write_records(tmp_path / "low.jsonl", records)
+    cfg = ClusterConfig(min_size=3, max_size=5, mean_size=4, std_size=1, per_source=True)
+    counts = cluster_file(tmp_path / "low.jsonl", tmp_path / "clusters.jsonl", cfg)
+    clusters = read_records(tmp_path / "clusters.jsonl")
+    members = [member for c in clusters for member in c["member_ids"]]
+    assert sorted(members) == sorted(r["id"] for r in records)  # each id in one cluster
+    small = [c for c in clusters if c["size"] < cfg.min_size]
+    assert sorted(c["source"] for c in small) == ["lone", "pair"]
+    assert counts["below_min_size"] == {"clusters": 2, "records": 3}
+
+
+def test_cluster_sizes_that_cannot_be_met_are_an_error_naming_the_group(tmp_path):
+    from lmmixup.cluster_stage import cluster_records
+    from lmmixup.config import ClusterConfig
+    from lmmixup.errors import LmmixupError
+
+    records = _records({"a": 10, "b": 6})
+    cfg = ClusterConfig(min_size=4, max_size=5, per_source=True)
+    with pytest.raises(LmmixupError, match="group 'b'.*widen the size range"):
+        cluster_records(records, _unit(16, 4), cfg)
+
+
+def test_cluster_command_notes_clusters_below_min_size(tmp_path, monkeypatch, capsys):
+    from lmmixup.cli import main
+    from lmmixup.io import write_records
+
+    monkeypatch.setattr("lmmixup.cluster_stage.load_embedder", lambda name: _FakeEmbedder())
+    write_records(tmp_path / "low.jsonl", _records({"big": 20, "lone": 1, "pair": 2}))
+    monkeypatch.chdir(tmp_path)
+    sizes = ["--min-size", "3", "--max-size", "5", "--mean-size", "4", "--std-size", "1"]
+    monkeypatch.setattr(
+        sys, "argv", ["lmmixup", "cluster", "low.jsonl", "-o", "c.jsonl", "--per-source", *sizes]
+    )
+    main()
+    out = capsys.readouterr().out
+    assert "note: 2 cluster(s) holding 3 record(s) are smaller than min_size 3" in out

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import yaml
 
@@ -54,3 +56,68 @@ def test_every_field_is_documented():
                 walk(sub)
 
     walk(RunConfig)
+
+
+def _run_config(tmp_path, data: dict):
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_run_config_problems_are_named_one_line_each(tmp_path):
+    from lmmixup.pipeline import load_run_config
+
+    (tmp_path / "empty.jsonl").write_text("")
+    (tmp_path / "folder").mkdir()
+    sources = [str(tmp_path / name) for name in ("none.jsonl", "empty.jsonl", "folder")]
+    data = {"import": {"sources": [*sources, "gsm8k"]}, "rate": {"method": "knn"}}
+    with pytest.raises(ConfigError) as error:
+        load_run_config(_run_config(tmp_path, data), [])
+    lines = str(error.value).splitlines()
+    assert len(lines) == 4 and all(line.startswith(f"{tmp_path}/run.yaml: ") for line in lines)
+    assert "import.sources[0].path: " in lines[0] and "none.jsonl does not exist" in lines[0]
+    assert "import.sources[1].path: " in lines[1] and "empty.jsonl is empty" in lines[1]
+    assert "import.sources[2].path: " in lines[2] and "not a saved dataset" in lines[2]
+    assert "rate.library: rate.method knn needs a library folder" in lines[3]
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        ({}, "import.sources: empty"),
+        ({"import": {"sources": ["gsm8k"]}, "rate": {"method": "knn"}}, "rate.library: "),
+        (
+            {"import": {"sources": ["gsm8k"]}, "rate": {"method": "knn", "library": "nowhere"}},
+            "rate.library: rate.method knn needs a library folder (got 'nowhere')",
+        ),
+        ({"import": {"sources": ["gsm8k"]}, "select": {"budget": 0}}, "'select.budget'"),
+        (
+            {
+                "import": {"sources": ["gsm8k"]},
+                "rate": {"mode": "logprob", "judge": {"backend": "openai"}},
+            },
+            "rate.mode=logprob",
+        ),
+    ],
+)
+def test_config_check_refuses_what_cannot_work(tmp_path, monkeypatch, capsys, data, expected):
+    from lmmixup.cli import main
+
+    monkeypatch.setattr(
+        sys, "argv", ["lmmixup", "config", "check", str(_run_config(tmp_path, data))]
+    )
+    with pytest.raises(SystemExit) as exited:
+        main()
+    assert exited.value.code == 2
+    assert expected in capsys.readouterr().err
+
+
+def test_a_config_that_can_work_is_ok(tmp_path):
+    from lmmixup.pipeline import load_run_config
+
+    (tmp_path / "pool.jsonl").write_text('{"prompt": "p", "completion": "c"}\n')
+    data = {
+        "import": {"sources": [str(tmp_path / "pool.jsonl"), "gsm8k"]},
+        "rate": {"mode": "generate", "judge": {"backend": "openai"}},
+    }
+    assert load_run_config(_run_config(tmp_path, data), []).rate.mode == "generate"

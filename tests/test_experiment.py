@@ -108,7 +108,11 @@ def test_bad_arms_and_missing_holdout_fail_before_any_work(tmp_path):
         parse_arm("everything")
     assert parse_arm("mixup-3:7") == ("mixup", 0.3) and parse_arm("high-low-5:5")[1] == 0.5
     config = tmp_path / "exp.yaml"
-    config.write_text(yaml.safe_dump({"experiment": {"eval": {"tasks": ["lmmixup_heldout"]}}}))
+    experiment = {"eval": {"tasks": ["lmmixup_heldout"]}}
+    config.write_text(yaml.safe_dump({"experiment": experiment}))
+    with pytest.raises(LmmixupError, match="import.sources: empty"):
+        load_experiment_config(config, [])
+    config.write_text(yaml.safe_dump({"import": {"sources": ["gsm8k"]}, "experiment": experiment}))
     cfg, exp = load_experiment_config(config, [])
     bad = exp.model_copy(update={"finetune": {"epochz": 1}})
     with pytest.raises(LmmixupError, match="experiment.finetune.*epochz"):

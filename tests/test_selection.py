@@ -195,7 +195,9 @@ def test_mix_budget_fills_an_original_shortfall_from_distilled():
 
 def test_mix_budget_refuses_to_return_short():
     original, mixup = _pool(10, seed=1), _pool(5, seed=2, prefix="d")
-    with pytest.raises(ShortfallError, match="allow_short"):
+    with pytest.raises(
+        ShortfallError, match=r"lower --budget \(select\.budget\) or pass --allow-short"
+    ):
         _mix(original, mixup, budget=40, mixup_ratio=0.5)
     result = _mix(original, mixup, budget=40, mixup_ratio=0.5, allow_short=True)
     assert len(result.records) == 15
@@ -337,3 +339,81 @@ def test_long_tail_embeds_a_record_set_once(monkeypatch):
     assert CountingEmbedder.calls == 1 and (again >= 0).all()
     select_stage.long_tail(pool[:20], cfg)  # another set is embedded
     assert CountingEmbedder.calls == 2
+
+
+# ---------------------------------------------------------------------------------------
+# the curated score, as split and re-rating use it
+
+
+def _curated(pool: list[dict], every: int = 3) -> list[dict]:
+    """Every `every`-th record's score corrected by curation: high <-> low."""
+    for record in pool[::every]:
+        rating = record["rating"]
+        rating["curated_score"] = 0 if rating["score"] >= HIGH_SCORE else 5
+    return pool
+
+
+def test_selection_ranks_by_the_curated_score():
+    from lmmixup.records import effective_score
+
+    pool = _curated(_pool(300, seed=17))
+    long_tail = np.random.default_rng(17).random(300)
+    ranked = [pool[i] for i in rank_records(pool, long_tail)]
+    scores = [effective_score(r["rating"]) for r in ranked]
+    assert scores == sorted(scores, reverse=True)
+    top = ds2_like(pool, budget=40, long_tail=long_tail)
+    assert {w["score"] for w in top.why} == {5}
+    assert all(effective_score(r["rating"]) == 5 for r in top.records)
+
+
+def test_quality_bands_and_label_filter_follow_the_curated_score():
+    pool = _curated(_pool(300, seed=18))
+    demoted = {r["id"] for r in pool if r["rating"].get("curated_score") == 0}
+    promoted = {r["id"] for r in pool if r["rating"].get("curated_score") == 5}
+    high = high_only(pool, budget=20, seed=1)
+    assert _ids(high.records).isdisjoint(demoted)
+    low = low_only(pool, budget=len(pool) - 120, allow_short=True)
+    assert _ids(low.records).isdisjoint(promoted)
+    passed = label_filtered(pool, budget=len(pool), min_overall=9)
+    chosen = {w["id"] for w in passed.why if not w["filled_shortfall"]}
+    assert promoted <= chosen and chosen.isdisjoint(demoted)
+
+
+def test_split_and_rerating_use_the_same_effective_score(tmp_path):
+    from lmmixup.config import SplitConfig
+    from lmmixup.io import read_records, write_records
+    from lmmixup.rating.stage import keep_high
+    from lmmixup.split import split_records
+
+    pool = _curated(_pool(60, seed=19))
+    high, low, _ = split_records(pool, SplitConfig(threshold=HIGH_SCORE))
+    write_records(tmp_path / "rated.jsonl", pool)
+    keep_high(tmp_path / "rated.jsonl", tmp_path / "kept.jsonl", HIGH_SCORE)
+    kept = read_records(tmp_path / "kept.jsonl")
+    selected = high_only(pool, budget=len(high))
+    assert _ids(kept) == _ids(high) == _ids(selected.records)
+    assert _ids(low).isdisjoint(_ids(kept))
+
+
+def test_select_refuses_files_without_ratings(tmp_path):
+    from lmmixup.config import SelectConfig
+    from lmmixup.errors import LmmixupError
+    from lmmixup.io import write_records
+    from lmmixup.select_stage import select_baseline, select_files
+
+    pool = _pool(10, seed=20)
+    write_records(tmp_path / "rated.jsonl", pool)
+    write_records(
+        tmp_path / "pool.jsonl", [{k: v for k, v in r.items() if k != "rating"} for r in pool]
+    )
+    failed = [{**r, "rating": None, "rating_error": "judge failed"} for r in pool]
+    write_records(tmp_path / "failed.jsonl", failed)
+    cfg = SelectConfig(budget=4)
+    out = tmp_path / "train.jsonl"
+    with pytest.raises(LmmixupError, match=r"pool\.jsonl:1: field 'rating' missing"):
+        select_baseline("random", tmp_path / "pool.jsonl", out, cfg)
+    with pytest.raises(LmmixupError, match=r"no row of .*failed\.jsonl has a rating"):
+        select_baseline("random", tmp_path / "failed.jsonl", out, cfg)
+    with pytest.raises(LmmixupError, match=r"pool\.jsonl:1: field 'rating' missing"):
+        select_files(tmp_path / "rated.jsonl", tmp_path / "pool.jsonl", out, cfg)
+    assert not out.exists()

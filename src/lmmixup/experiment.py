@@ -394,9 +394,12 @@ def load_experiment_config(
     """The run sections and the `experiment:` section of a YAML file (none: the bundled
     miniature experiment), with dotted overrides applied to either."""
     from lmmixup.config import apply_overrides, load_yaml
+    from lmmixup.pipeline import check_run_config
 
     data = load_yaml(path) if path else bundled_experiment()
     apply_overrides(data, overrides)
     origin = str(path) if path else "bundled experiment config"
     exp = validate(ExperimentConfig, data.pop("experiment", None) or {}, f"{origin}: experiment")
-    return validate(RunConfig, data, origin), exp
+    run = validate(RunConfig, data, origin)
+    check_run_config(run, origin)
+    return run, exp

@@ -17,6 +17,14 @@ _HUMAN_ROLES = {"human", "user"}
 _MODEL_ROLES = {"gpt", "assistant", "model", "chatgpt", "bard", "bing"}
 
 
+def effective_score(rating: dict) -> int:
+    """The 0..5 score a rating stands for: the curation step's corrected `curated_score` when
+    curation ran, else the judge's (or kNN-Bayes') `score`. Split, re-rating and selection
+    all rank by it."""
+    curated = rating.get("curated_score")
+    return int(rating["score"] if curated is None else curated)
+
+
 class BadRow(ValueError):
     """A row that cannot become a pool record; the message is the reject reason."""
 

@@ -16,7 +16,9 @@ import numpy as np
 
 from lmmixup.backends.embed import load_embedder, record_text
 from lmmixup.config import SelectConfig
-from lmmixup.io import read_records, write_records
+from lmmixup.io import write_records
+from lmmixup.records import effective_score
+from lmmixup.validate import RATED_RECORD, read_checked
 
 TRAIN_FIELDS = ("id", "prompt", "completion", "source", "task_type", "member_ids", "cluster_id")
 
@@ -44,7 +46,7 @@ def training_row(record: dict, origin: str) -> dict:
     row = {key: record[key] for key in TRAIN_FIELDS if key in record}
     row["origin"] = origin
     if record.get("rating"):
-        row["score"] = record["rating"].get("curated_score", record["rating"]["score"])
+        row["score"] = effective_score(record["rating"])
     return row
 
 
@@ -68,10 +70,13 @@ def why_path(output: Path) -> Path:
 def select_files(
     original: Path, mixup: Path, output: Path, cfg: SelectConfig, allow_short: bool = False
 ) -> dict:
-    """The method's selection: top distilled by long-tail + top originals by (score, long-tail)."""
+    """The method's selection: top distilled by long-tail + top originals by (score, long-tail).
+
+    Both files must hold rated records (an empty one is allowed: the other side fills it)."""
     from lmmixup.selection import mix_budget
 
-    originals, distilled = read_records(original), read_records(mixup)
+    originals = read_checked(original, RATED_RECORD, allow_empty=True)
+    distilled = read_checked(mixup, RATED_RECORD, allow_empty=True)
     selection = mix_budget(
         originals,
         distilled,
@@ -85,17 +90,20 @@ def select_files(
     return write_selection(selection, output)
 
 
-def _baselines(high_ids: Collection[str] | None) -> dict[str, Callable]:
+def _baselines(high_ids: Collection[str] | None, allow_short: bool) -> dict[str, Callable]:
     from lmmixup import selection as sel
 
+    short = {"allow_short": allow_short}
     return {
-        "random": lambda pool, cfg, lt: sel.random_subset(pool, budget=cfg.budget, seed=cfg.seed),
+        "random": lambda pool, cfg, lt: sel.random_subset(
+            pool, budget=cfg.budget, seed=cfg.seed, **short
+        ),
         "full": lambda pool, cfg, lt: sel.full_pool(pool, seed=cfg.seed),
         "high-only": lambda pool, cfg, lt: sel.high_only(
-            pool, budget=cfg.budget, seed=cfg.seed, high_ids=high_ids
+            pool, budget=cfg.budget, seed=cfg.seed, high_ids=high_ids, **short
         ),
         "low-only": lambda pool, cfg, lt: sel.low_only(
-            pool, budget=cfg.budget, seed=cfg.seed, high_ids=high_ids
+            pool, budget=cfg.budget, seed=cfg.seed, high_ids=high_ids, **short
         ),
         "high-low": lambda pool, cfg, lt: sel.high_low_mix(
             pool,
@@ -103,12 +111,13 @@ def _baselines(high_ids: Collection[str] | None) -> dict[str, Callable]:
             high_ratio=1 - cfg.mixup_ratio,
             seed=cfg.seed,
             high_ids=high_ids,
+            **short,
         ),
         "label-filtered": lambda pool, cfg, lt: sel.label_filtered(
-            pool, budget=cfg.budget, seed=cfg.seed
+            pool, budget=cfg.budget, seed=cfg.seed, **short
         ),
         "ds2-like": lambda pool, cfg, lt: sel.ds2_like(
-            pool, budget=cfg.budget, long_tail=lt(), seed=cfg.seed
+            pool, budget=cfg.budget, long_tail=lt(), seed=cfg.seed, **short
         ),
     }
 
@@ -117,12 +126,21 @@ BASELINES = ("random", "full", "high-only", "low-only", "high-low", "label-filte
 
 
 def select_baseline(
-    name: str, rated_pool: Path, output: Path, cfg: SelectConfig, high: Path | None = None
+    name: str,
+    rated_pool: Path,
+    output: Path,
+    cfg: SelectConfig,
+    high: Path | None = None,
+    allow_short: bool = False,
 ) -> dict:
     """A baseline selection of the rated pool at the same budget (`high-low` uses 1 - ratio as
     the high share). `high`: the split stage's high part, which then defines the high band of
-    high-only, low-only and high-low (else score >= 4)."""
-    pool = read_records(rated_pool)
-    high_ids = {r["id"] for r in read_records(high)} if high is not None else None
-    selection = _baselines(high_ids)[name](pool, cfg, lambda: long_tail(pool, cfg))
+    high-only, low-only and high-low (else score >= 4). The pool must hold rated records."""
+    pool = read_checked(rated_pool, RATED_RECORD)
+    high_ids = (
+        {r["id"] for r in read_checked(high, RATED_RECORD, allow_empty=True)}
+        if high is not None
+        else None
+    )
+    selection = _baselines(high_ids, allow_short)[name](pool, cfg, lambda: long_tail(pool, cfg))
     return write_selection(selection, output)

@@ -23,6 +23,7 @@ import faiss
 import numpy as np
 
 from lmmixup.errors import LmmixupError
+from lmmixup.records import effective_score
 
 HIGH_SCORE = 4
 """Compressed scores at or above this are high quality (overall >= 8)."""
@@ -95,15 +96,20 @@ def minmax(x: np.ndarray) -> np.ndarray:
 
 
 def record_score(record: Record) -> int | None:
-    """The compressed 0..5 score of a rated record; ``None`` when it has no rating."""
+    """The effective 0..5 score of a rated record (curated when curation ran, see
+    :func:`lmmixup.records.effective_score`); ``None`` when it has no rating."""
     rating = record.get("rating")
-    return None if rating is None else int(rating["score"])
+    return None if rating is None else effective_score(rating)
 
 
 def _overall(rating: dict) -> int:
-    """A rating's 1..10 overall; ``score + 4`` when only the compressed score is known."""
+    """A rating's 1..10 overall; ``score + 4`` when only the compressed score is known, or
+    when curation corrected the score (the judge's overall is then the contradicted one)."""
     overall = rating.get("overall")
-    return int(overall) if overall is not None else int(rating["score"]) + 4
+    score = effective_score(rating)
+    if overall is None or score != rating["score"]:
+        return score + 4
+    return int(overall)
 
 
 def rank_records(records: Sequence[Record], long_tail: np.ndarray) -> np.ndarray:
@@ -298,8 +304,9 @@ def label_filtered(
     When too few pass, the next rating tiers (overall ``min_overall - 1``, then lower) fill
     the rest, highest tier first and at random within a tier; those rows are flagged
     ``filled_shortfall``. Unrated records are excluded. A rating with no overall (kNN-Bayes
-    propagates only the 0..5 score) counts as overall ``score + 4``, the overall that score
-    compresses from (score 0: overall 4 or less).
+    propagates only the 0..5 score), or one whose score curation corrected, counts as
+    overall ``score + 4`` of its effective score, the overall that score compresses from
+    (score 0: overall 4 or less).
     """
     rated = np.array([i for i, r in enumerate(pool) if r.get("rating") is not None], dtype=np.int64)
     overall = np.array([_overall(pool[i]["rating"]) for i in rated], dtype=np.int64)
@@ -329,7 +336,7 @@ def ds2_like(
     seed: int = 42,
     allow_short: bool = False,
 ) -> Selection:
-    """DS2-like: the top of the pool by (curated score desc, long-tail desc, id)."""
+    """DS2-like: the top of the pool by (effective score desc, long-tail desc, id)."""
     long_tail = _aligned(long_tail, pool, "long_tail")
     side = _Side("pool", pool, rank_records(pool, long_tail), budget, long_tail)
     return _select([side], "ds2_like", budget, seed, allow_short)
@@ -365,7 +372,7 @@ def _select(
         available = ", ".join(f"{side.origin} {len(side.order)}" for side in sides)
         raise ShortfallError(
             f"{method}: {budget} rows requested but only {budget - missing} available "
-            f"({available}); pass allow_short=True to accept fewer"
+            f"({available}); lower --budget (select.budget) or pass --allow-short to accept fewer"
         )
     picks = [
         (side, position, position >= taken)
@@ -420,7 +427,7 @@ def _notes(sides: list[_Side], own: list[int], extra: list[int], missing: int) -
         if more
     ]
     if missing:
-        notes.append(f"short by {missing} rows (allow_short)")
+        notes.append(f"short by {missing} rows (--allow-short)")
     return notes
 
 

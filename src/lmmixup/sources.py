@@ -188,6 +188,11 @@ def _first_char(path: Path) -> str:
     return head[:1]
 
 
+def is_saved_dataset(path: Path) -> bool:
+    """Whether a folder holds a dataset saved with `datasets.save_to_disk`."""
+    return (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()
+
+
 def iter_source(source: str) -> tuple[str, Iterator[Line]]:
     """(display name, rows) for a path or built-in name; the format is taken from the path."""
     if source in BUILTIN_SOURCES:
@@ -199,7 +204,7 @@ def iter_source(source: str) -> tuple[str, Iterator[Line]]:
         builtins = ", ".join(BUILTIN_SOURCES)
         raise LmmixupError(f"{source}: no such file or directory (built-in sources: {builtins})")
     if path.is_dir():
-        if not ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()):
+        if not is_saved_dataset(path):
             raise LmmixupError(f"{path}: a directory must be a dataset saved with save_to_disk")
         return str(path), iter_saved_dataset(path)
     suffix = path.suffix.lower()
