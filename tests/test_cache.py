@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import sqlite3
+
 import pytest
 
 from lmmixup.backends.base import CachedGenerator, Generation, GenParams, RequestBudgetExhausted
 from lmmixup.cache import CallCache, call_key
+from lmmixup.errors import LmmixupError
 
 
 class CountingGenerator:
@@ -100,3 +103,30 @@ def test_paid_backends_are_called_in_chunks_and_partial_results_are_kept(tmp_pat
     again = gen.generate(_msgs("a", "b", "c", "d", "e"), GenParams())
     assert [g.text for g in again] == [f"reply to {x}" for x in "abcde"]
     assert inner.calls[-1] == _msgs("d", "e")
+
+
+class FullDisk:
+    """A database connection on a full disk: every statement fails as SQLite reports it."""
+
+    def execute(self, *args):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    executemany = execute
+
+
+def test_a_cache_error_names_the_cache_file_and_what_to_do(tmp_path):
+    cache = CallCache(tmp_path / "c.sqlite")
+    cache._db = FullDisk()
+    for call in (
+        lambda: cache.put("k", 1),
+        lambda: cache.put_many({"k": 1}),
+        lambda: cache.get("k"),
+    ):
+        with pytest.raises(
+            LmmixupError,
+            match=f"call cache {tmp_path / 'c.sqlite'}: database or disk is full; free space",
+        ):
+            call()
+    (tmp_path / "folder.sqlite").mkdir()
+    with pytest.raises(LmmixupError, match="folder.sqlite: unable to open database file"):
+        CallCache(tmp_path / "folder.sqlite")

@@ -1,4 +1,5 @@
-"""kill -9 during rating and during distillation, then the same command: nothing lost or doubled."""
+"""kill -9 or Ctrl-C during rating and during distillation, then the same command: nothing lost
+or doubled; a second writer on the same output is refused."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import replace
 
@@ -51,6 +53,7 @@ def _pool(path, count):
                 "id": f"r{i}",
                 "prompt": f"Question number {i} about topic {i % 3}?",
                 "completion": f"Answer {i}: the topic {i % 3} explained.",
+                "source": "s",
             }
             for i in range(count)
         ],
@@ -136,3 +139,70 @@ def test_kill_during_distillation_distills_each_cluster_once(tmp_path):
     ids = [r["cluster_id"] for r in out] + [r["raw"]["cluster_id"] for r in rejects]
     assert sorted(ids) == sorted(c["cluster_id"] for c in clusters)
     assert server.count <= 12 + 2
+
+
+def _rate_command(tmp_path, server):
+    return _cli(
+        tmp_path,
+        "rate",
+        str(tmp_path / "pool.jsonl"),
+        "-o",
+        str(tmp_path / "rated.jsonl"),
+        "--backend",
+        "openai",
+        "--base-url",
+        server.base_url,
+        "--model",
+        "judge",
+        "--concurrency",
+        "2",
+    )
+
+
+def _wait_for(server: FakeOpenAIServer, proc: subprocess.Popen, requests: int) -> None:
+    deadline = time.time() + 300
+    while server.count < requests and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    assert proc.poll() is None and server.count >= requests
+
+
+def test_ctrl_c_exits_130_with_a_message_and_the_same_command_finishes_the_work(tmp_path):
+    _pool(tmp_path / "pool.jsonl", 16)
+    with SlowServer() as server:
+        cmd, env = _rate_command(tmp_path, server)
+        proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
+        _wait_for(server, proc, 4)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+        assert proc.returncode == 130
+        assert stderr.strip().splitlines()[-1] == "interrupted; re-run to continue"
+        subprocess.run(cmd, env=env, check=True, capture_output=True)
+    rated = read_records(tmp_path / "rated.jsonl")
+    assert sorted(r["id"] for r in rated) == sorted(f"r{i}" for i in range(16))
+
+
+class GatedServer(SlowServer):
+    """Holds every reply until the gate opens, so a run is still at work when it is needed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+
+    def next_reply(self, content: str):
+        self.gate.wait(120)
+        return super().next_reply(content)
+
+
+def test_a_second_rate_on_the_same_output_is_refused_while_the_first_runs(tmp_path):
+    _pool(tmp_path / "pool.jsonl", 16)
+    with GatedServer() as server:
+        cmd, env = _rate_command(tmp_path, server)
+        first = subprocess.Popen(cmd, env=env)
+        _wait_for(server, first, 1)
+        second = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        server.gate.set()
+        assert first.wait(timeout=120) == 0
+    assert second.returncode == 2
+    assert f"rated.jsonl is being written by process {first.pid}" in second.stderr
+    rated = read_records(tmp_path / "rated.jsonl")
+    assert sorted(r["id"] for r in rated) == sorted(f"r{i}" for i in range(16))

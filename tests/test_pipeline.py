@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import zlib
@@ -135,3 +136,15 @@ def test_run_goes_from_pool_to_training_set_and_skips_on_rerun(tmp_path, lab):
         s["skipped"]
         for s in json.loads((tmp_path / "run" / "summary.json").read_text())["stages"].values()
     )
+
+    # Moved elsewhere with one output deleted: only the stage that lost its output is redone.
+    moved = tmp_path / "moved"
+    shutil.move(tmp_path / "run", moved)
+    (moved / "select" / "train.jsonl").unlink()
+    third = subprocess.run(
+        [*cmd[:-1], str(moved)], capture_output=True, text=True, env=env, check=True
+    )
+    stages = json.loads((moved / "summary.json").read_text())["stages"]
+    assert [name for name, stage in stages.items() if not stage["skipped"]] == ["select"]
+    assert "stage 'select'" in third.stderr and "train.jsonl is missing" in third.stderr
+    assert read_records(moved / "select" / "train.jsonl") == train and lab.count == requests

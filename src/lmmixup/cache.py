@@ -10,9 +10,12 @@ import json
 import os
 import sqlite3
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from lmmixup.errors import LmmixupError
 from lmmixup.hashing import hash_value
 
 
@@ -32,18 +35,30 @@ class CallCache:
 
     def __init__(self, path: str | Path | None = None):
         self.path = Path(path) if path else cache_root() / "calls.sqlite"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=60)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("CREATE TABLE IF NOT EXISTS calls (key TEXT PRIMARY KEY, value TEXT)")
-        self._db.commit()
+        with self._errors_named():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=60)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("CREATE TABLE IF NOT EXISTS calls (key TEXT PRIMARY KEY, value TEXT)")
+            self._db.commit()
         self.hits = 0
         self.misses = 0
 
+    @contextmanager
+    def _errors_named(self) -> Iterator[None]:
+        """A database error (disk full, read-only, corrupt) as one line naming the cache."""
+        try:
+            yield
+        except (sqlite3.Error, OSError) as exc:
+            raise LmmixupError(
+                f"call cache {self.path}: {exc}; free space there (or fix its permissions, or "
+                "set LMMIXUP_CACHE to another folder) and re-run"
+            ) from exc
+
     def get(self, key: str) -> Any | None:
         """The cached value, or None when the call was never made."""
-        with self._lock:
+        with self._lock, self._errors_named():
             row = self._db.execute("SELECT value FROM calls WHERE key = ?", (key,)).fetchone()
             if row is None:
                 self.misses += 1
@@ -54,14 +69,14 @@ class CallCache:
     def put(self, key: str, value: Any) -> None:
         """Store a call's result (overwrites an older value for the same key)."""
         text = json.dumps(value, ensure_ascii=False)
-        with self._lock:
+        with self._lock, self._errors_named():
             self._db.execute("INSERT OR REPLACE INTO calls (key, value) VALUES (?, ?)", (key, text))
             self._db.commit()
 
     def put_many(self, items: dict[str, Any]) -> None:
         """Store several results in one transaction."""
         rows = [(key, json.dumps(value, ensure_ascii=False)) for key, value in items.items()]
-        with self._lock:
+        with self._lock, self._errors_named():
             self._db.executemany("INSERT OR REPLACE INTO calls (key, value) VALUES (?, ?)", rows)
             self._db.commit()
 

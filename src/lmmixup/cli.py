@@ -51,6 +51,18 @@ SetOpt = Annotated[
     list[str] | None, typer.Option("--set", help="Override a config key: KEY=VALUE (repeatable).")
 ]
 log = logging.getLogger("lmmixup")
+QUIET_LOGGERS = (
+    "sentence_transformers",
+    "faiss",
+    "transformers",
+    "huggingface_hub",
+    "openai",
+    "httpx",  # the openai client's HTTP library logs one INFO line per request;
+    "httpx2",  # its name depends on the openai version
+    "httpcore",
+    "httpcore2",
+)
+"""Libraries whose logs show only warnings and errors unless --verbose."""
 
 
 @app.callback()
@@ -66,9 +78,9 @@ def main_options(
 
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    if not verbose:  # libraries' own chatter (model loading, faiss builds, HTTP lines)
-        for name in ("sentence_transformers", "faiss", "httpx", "transformers"):
-            logging.getLogger(name).setLevel(logging.WARNING)
+    # libraries' own chatter (model loading, faiss builds, a line per request) only with -v
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.NOTSET if verbose else logging.WARNING)
     progress.set_enabled(not quiet)
     _state["verbose"] = verbose
 
@@ -143,7 +155,9 @@ def data_import(
     Bad rows go to the rejects file with their file, line and reason; good rows are kept.
     """
     from lmmixup.config import ImportConfig, load_config
-    from lmmixup.data_import import import_pool
+    from lmmixup.data_import import heldout_path, import_pool
+    from lmmixup.outputs import claim_outputs
+    from lmmixup.runner import rejects_beside
 
     flags = dict(
         reject_over_chars=reject_over_chars,
@@ -157,7 +171,10 @@ def data_import(
         seed=seed,
     )
     cfg = load_config(ImportConfig, config, _overrides(sets, **flags))
-    result = import_pool(sources, output, cfg, rejects)
+    written = [output, rejects or rejects_beside(output)]
+    written += [heldout_path(output)] if cfg.holdout_fraction else []
+    with claim_outputs(sources, written, records=written):
+        result = import_pool(sources, output, cfg, rejects)
     _echo(f"kept {result.kept:,} rows -> {result.output}")
     _echo(f"rejected {result.rejected:,} rows -> {result.rejects}")
     if result.heldout:
@@ -202,17 +219,21 @@ def config_init(
 def config_check(
     path: Annotated[Path, typer.Argument(help="A run config, or an experiment config.")],
 ) -> None:
-    """Validate a run config; unknown keys and bad values are named.
+    """Validate a run config; unknown keys, bad values and settings that cannot work (missing
+    or empty sources, a backend that cannot run the chosen mode) are named, one line each.
 
     A file with an `experiment:` section is checked as `lmmixup experiment` reads it: its arms,
     its fine-tune and evaluation options, and the held-out rows its tasks need.
     """
     from lmmixup.config import load_yaml
+    from lmmixup.pipeline import check_run_config
 
     if "experiment" in load_yaml(path):
         from lmmixup.experiment import check_config, load_experiment_config
 
-        check_config(*load_experiment_config(path, []))
+        run_cfg, exp = load_experiment_config(path, [])
+        check_config(run_cfg, exp)
+        check_run_config(run_cfg, str(path))
         _echo(f"{path}: ok (run sections and experiment section)")
         return
     from lmmixup.pipeline import load_run_config
@@ -240,14 +261,10 @@ def _file_stage(output: Path, name: str, inputs: list[Path], section, body, forc
     return result.manifest.get("counts", {})
 
 
-def _rejects_beside(output: Path) -> Path:
-    return output.with_name(output.name.removesuffix(".jsonl") + ".rejects.jsonl")
-
-
 @app.command(
     epilog="Examples:\n\n    lmmixup rate pool.jsonl -o rated.jsonl      # bundled SmolLM2, logprob mode\n\n"
     "    lmmixup rate pool.jsonl -o rated.jsonl --backend openai --base-url http://localhost:8000/v1 "
-    "--model Qwen/Qwen2.5-7B-Instruct --mode generate --concurrency 16 --max-requests 5000\n\n"
+    "--model Qwen/Qwen2.5-7B-Instruct --concurrency 16 --max-requests 5000\n\n"
     "    lmmixup rate pool.jsonl -o rated.jsonl --propagate 0.1 --curate\n\n"
     "    lmmixup rate pool.jsonl -o rated.jsonl --method knn --library runs/x/rate/library"
 )
@@ -276,7 +293,11 @@ def rate(
         int | None, typer.Option(help="hf backend: prompts per forward pass.")
     ] = None,
     mode: Annotated[
-        str | None, typer.Option(help="logprob (hf only; one forward pass) | generate.")
+        str | None,
+        typer.Option(
+            help="logprob (hf only; one forward pass) | generate | auto (logprob for hf, "
+            "generate for a server) [auto]."
+        ),
     ] = None,
     method: Annotated[str | None, typer.Option(help="judge | knn (score with --library).")] = None,
     library: Annotated[
@@ -298,7 +319,10 @@ def rate(
     """
     from lmmixup.cache import CallCache
     from lmmixup.config import RateConfig, load_config
+    from lmmixup.rating.judge import MAX_JUDGED_CHARS, TRUNCATED_KEY
     from lmmixup.rating.stage import rate_pool
+    from lmmixup.runner import rejects_beside
+    from lmmixup.validate import POOL_RECORD, check_file
 
     judge = {
         "backend": backend,
@@ -318,11 +342,12 @@ def rate(
         "curate": curate,
     }
     cfg = load_config(RateConfig, config, _overrides(sets, **flags))
+    check_file(pool, POOL_RECORD)
 
     def body(stage) -> None:
         work_dir = output.parent / (output.name.removesuffix(".jsonl") + ".work")
         counts = rate_pool(
-            pool, output, _rejects_beside(output), cfg, CallCache(), work_dir, stage.previous_runs
+            pool, output, rejects_beside(output), cfg, CallCache(), work_dir, stage.previous_runs
         )
         stage.counts.update(counts)
         if counts["failed"]:
@@ -333,6 +358,11 @@ def rate(
     _echo(f"scores 0-5: {counts.get('score_histogram', {})}")
     if counts.get("failed"):
         _echo("re-run the same command to retry the failed ratings")
+    if counts.get(TRUNCATED_KEY):
+        _echo(
+            f"{counts[TRUNCATED_KEY]:,} records were judged on the first {MAX_JUDGED_CHARS:,} "
+            f"characters of a longer prompt or completion (marked {TRUNCATED_KEY})"
+        )
     if "agreement" in counts:
         _echo(f"kNN-Bayes agreement with the judge on held-out samples: {counts['agreement']}")
 
@@ -354,12 +384,15 @@ def split(
 ) -> None:
     """Split rated records into high and low quality; failed ratings go to unrated.jsonl."""
     from lmmixup.config import SplitConfig, load_config
-    from lmmixup.split import split_file
+    from lmmixup.outputs import claim_outputs
+    from lmmixup.split import split_file, unrated_path
 
     cfg = load_config(
         SplitConfig, config, _overrides(sets, threshold=threshold, high_fraction=high_fraction)
     )
-    counts = split_file(rated, high, low, cfg)
+    written = [high, low, unrated_path(low)]
+    with claim_outputs([rated], written, records=written):
+        counts = split_file(rated, high, low, cfg)
     _echo(f"high {counts['high']:,} -> {high}; low {counts['low']:,} -> {low} ({counts['rule']})")
     for source, c in counts["per_source"].items():
         _echo(f"  {source}: high {c['high']:,}, low {c['low']:,}")
@@ -398,6 +431,7 @@ def cluster(
     """Group records into clusters of pre-drawn sizes (capacity-constrained, k-means centres)."""
     from lmmixup.cluster_stage import cluster_file
     from lmmixup.config import ClusterConfig, load_config
+    from lmmixup.validate import POOL_RECORD, check_file
 
     flags = {
         "min_size": min_size,
@@ -409,6 +443,7 @@ def cluster(
         "embedder": embedder,
     }
     cfg = load_config(ClusterConfig, config, _overrides(sets, **flags))
+    check_file(low, POOL_RECORD)
     counts = _file_stage(
         output,
         "cluster",
@@ -421,6 +456,12 @@ def cluster(
         f"{counts.get('records', 0):,} records -> {counts.get('clusters', 0):,} clusters -> {output}"
     )
     _echo(f"sizes: {counts.get('size_histogram', {})}; mean cohesion {counts.get('mean_cohesion')}")
+    small = counts.get("below_min_size", {})
+    if small.get("clusters"):
+        _echo(
+            f"note: {small['clusters']:,} cluster(s) holding {small['records']:,} record(s) are "
+            f"smaller than min_size {cfg.min_size}: their groups had fewer records than that"
+        )
 
 
 @app.command(
@@ -459,7 +500,8 @@ def distill(
     """
     from lmmixup.cache import CallCache
     from lmmixup.config import DistillConfig, load_config
-    from lmmixup.distill import distill_clusters
+    from lmmixup.distill import distill_clusters, read_distill_inputs
+    from lmmixup.runner import rejects_beside
 
     generator = {"backend": backend, "model": model, "base_url": base_url, "batch_size": batch_size}
     flags = {f"generator.{k}": v for k, v in generator.items()}
@@ -469,15 +511,16 @@ def distill(
         "repetition_penalty": repetition_penalty,
     }
     cfg = load_config(DistillConfig, config, _overrides(sets, **flags))
+    read_distill_inputs(clusters, pool, allow_empty=False)
 
     def body(stage) -> None:
         stage.counts.update(
-            distill_clusters(clusters, pool, output, _rejects_beside(output), cfg, CallCache())
+            distill_clusters(clusters, pool, output, rejects_beside(output), cfg, CallCache())
         )
 
     counts = _file_stage(output, "distill", [clusters, pool], cfg, body, force)
     _echo(f"distilled {counts.get('distilled', 0):,} clusters -> {output}")
-    _echo(f"rejected: {counts.get('reject_reasons', {})} -> {_rejects_beside(output)}")
+    _echo(f"rejected: {counts.get('reject_reasons', {})} -> {rejects_beside(output)}")
 
 
 @app.command(
@@ -531,7 +574,9 @@ def select(
     """
     from lmmixup.config import SelectConfig, load_config
     from lmmixup.errors import LmmixupError
+    from lmmixup.outputs import check_outputs
     from lmmixup.select_stage import BASELINES, select_baseline, select_files, why_path
+    from lmmixup.validate import RATED_RECORD, check_file
 
     ratio = None
     if mixup_ratio is not None:
@@ -541,13 +586,17 @@ def select(
     cfg = load_config(
         SelectConfig, config, _overrides(sets, budget=budget, mixup_ratio=ratio, seed=seed)
     )
+    inputs = [path for path in (original, mixup, pool, high) if path is not None]
+    check_outputs(inputs, [output, why_path(output)], records=[output])
     if baseline is not None:
         if baseline not in BASELINES or pool is None:
             raise LmmixupError(f"--baseline takes one of {', '.join(BASELINES)} and needs --pool")
-        summary = select_baseline(baseline, pool, output, cfg, high=high)
+        summary = select_baseline(baseline, pool, output, cfg, high=high, allow_short=allow_short)
     elif original is None or mixup is None:
         raise LmmixupError("give --original and --mixup (or --baseline NAME --pool RATED)")
     else:
+        check_file(original, RATED_RECORD)
+        check_file(mixup, RATED_RECORD)
         summary = select_files(original, mixup, output, cfg, allow_short=allow_short)
     _echo(f"selected {summary['rows']:,} rows -> {output} (why: {why_path(output)})")
     _echo(f"by origin: {summary['by_origin']}; by source: {summary['by_source']}")
@@ -585,13 +634,21 @@ _HEADLINES = {
     "import": lambda c: f"{c.get('kept', 0):,} kept, {c.get('rejected', 0):,} rejected",
     "rate": lambda c: f"{c.get('rated', 0):,} rated, {c.get('failed', 0):,} failed",
     "split": lambda c: f"{c.get('high', 0):,} high, {c.get('low', 0):,} low",
-    "cluster": lambda c: f"{c.get('clusters', 0):,} clusters of {c.get('records', 0):,}",
+    "cluster": lambda c: (
+        f"{c.get('clusters', 0):,} clusters of {c.get('records', 0):,}" + _below_min_size(c)
+    ),
     "distill": lambda c: (
         f"{c.get('distilled', 0):,} distilled, {sum(c.get('reject_reasons', {}).values()):,} rejected"
     ),
     "rerate": lambda c: f"{c.get('filter', {}).get('kept', 0):,} kept of {c.get('rated', 0):,}",
     "select": lambda c: f"{c.get('rows', 0):,} rows {c.get('by_origin', {})}",
 }
+
+
+def _below_min_size(counts: dict) -> str:
+    """The cluster stage's note on clusters smaller than min_size, when there are any."""
+    small = counts.get("below_min_size", {}).get("clusters", 0)
+    return f" ({small:,} below min_size)" if small else ""
 
 
 def _print_summary(summary: dict) -> None:
@@ -620,28 +677,56 @@ def _print_summary(summary: dict) -> None:
     console.print(f"report: {summary['report']}")
 
 
+INTERRUPTED = 130
+
+
+def _os_error_message(exc: OSError) -> str:
+    """An OS error as one line naming the file (disk full, permission denied, missing file)."""
+    import errno
+
+    where = f" {exc.filename}" if exc.filename else ""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"no space left on device writing{where or ' a file'}; free space and re-run"
+    return f"{exc.filename or 'a file'}: {exc.strerror or exc}"
+
+
+def _exit(message: str, code: int) -> None:
+    typer.echo(message, err=True)
+    sys.exit(code)
+
+
 def main() -> None:
-    """Entry point: errors become one line on stderr and a non-zero exit code."""
+    """Entry point: errors become one line on stderr and exit 2 (DESIGN.md, docs/GUIDE.md);
+    Ctrl-C exits 130. `-v` shows the traceback of an unexpected error instead."""
     from lmmixup.errors import LmmixupError
 
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # returns an exit code instead of exiting
     except LmmixupError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        sys.exit(2)
+        _exit(f"error: {exc}", 2)
     except KeyboardInterrupt:
-        typer.echo("interrupted; re-run the same command to resume", err=True)
-        sys.exit(130)
+        code = INTERRUPTED
     except typer.Abort:
         sys.exit(1)
     except typer.TyperException as exc:  # usage errors: bad option, missing argument
         exc.show()
         sys.exit(exc.exit_code)
+    except OSError as exc:
+        if _state["verbose"]:
+            raise
+        _exit(f"error: {_os_error_message(exc)}", 2)
     except Exception as exc:
         if _state["verbose"]:
             raise
-        typer.echo(f"error: {type(exc).__name__}: {exc} (run with -v for the traceback)", err=True)
-        sys.exit(1)
+        _exit(
+            f"internal error: {str(exc) or 'no message'}; run with -v for the traceback, "
+            "and please report it",
+            2,
+        )
+    if code == INTERRUPTED:  # typer turns Ctrl-C inside a command into exit code 130
+        _exit("interrupted; re-run to continue", INTERRUPTED)
+    if isinstance(code, int) and code:
+        sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from lmmixup.errors import LmmixupError
 
@@ -63,28 +65,64 @@ def dumps(record: dict) -> str:
     return json.dumps(record, ensure_ascii=False)
 
 
-def write_text_atomic(path: str | Path, text: str) -> None:
-    """Replace a file's content in one step (temp file + rename): readers never see half of it."""
-    path = Path(path)
+def write_error(path: str | Path, exc: OSError) -> LmmixupError:
+    """A failed write as one line naming the file and what to do."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return LmmixupError(f"no space left on device writing {path}; free space and re-run")
+    return LmmixupError(f"cannot write {path}: {exc.strerror or exc}")
+
+
+@contextmanager
+def writing(path: str | Path) -> Iterator[None]:
+    """Turn an OS error raised while writing `path` into an error that names it."""
+    try:
+        yield
+    except OSError as exc:
+        raise write_error(path, exc) from exc
+
+
+@contextmanager
+def replacing(path: Path) -> Iterator[TextIO]:
+    """An open temp file beside `path` that replaces it when the block ends, or is removed
+    when the block fails (a disk full, an interrupt): no hidden `.NAME.tmp-PID` is left."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        with writing(path):
+            handle = open(tmp, "w", encoding="utf-8")  # noqa: SIM115
+        try:
+            yield handle
+            with writing(path):
+                handle.flush()
+                os.fsync(handle.fileno())
+                handle.close()
+                os.replace(tmp, path)
+        finally:
+            if not handle.closed:  # the block failed: its error is the one to report
+                with suppress(OSError):
+                    handle.close()
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Replace a file's content in one step (temp file + rename): readers never see half of it."""
+    with replacing(Path(path)) as handle, writing(path):
+        handle.write(text)
 
 
 def write_records(path: str | Path, records: Iterable[dict]) -> int:
     """Write records atomically (temp file + rename); returns how many were written."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     count = 0
-    with open(tmp, "w", encoding="utf-8") as handle:
+    with replacing(Path(path)) as handle:
         for record in records:
-            handle.write(dumps(record) + "\n")
+            line = dumps(record) + "\n"
+            try:
+                handle.write(line)
+            except OSError as exc:
+                raise write_error(path, exc) from exc
             count += 1
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
     return count
 
 
@@ -94,11 +132,13 @@ class AppendWriter:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._handle = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
+        with writing(self.path):
+            self._handle = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
         self.count = 0
 
     def write(self, record: dict) -> None:
-        self._handle.write(dumps(record) + "\n")
+        with writing(self.path):
+            self._handle.write(dumps(record) + "\n")
         self.count += 1
 
     def write_many(self, records: Iterable[dict]) -> None:
@@ -107,8 +147,9 @@ class AppendWriter:
         self.flush()
 
     def flush(self) -> None:
-        self._handle.flush()
-        os.fsync(self._handle.fileno())
+        with writing(self.path):
+            self._handle.flush()
+            os.fsync(self._handle.fileno())
 
     def close(self) -> None:
         if not self._handle.closed:

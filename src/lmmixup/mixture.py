@@ -87,6 +87,7 @@ log = logging.getLogger(__name__)
 
 TaskType = Literal["qa", "mcq", "tfq", "cs", "paragraph"]
 SPLITS = ("sft", "grpo_train", "grpo_test")
+REJECTS_FILE = "rejects.jsonl"  # seed rows that could not be read, beside the splits
 LEXICAL = "lexical"
 """Embedder name for hashed bag-of-words vectors: no model, for tests and `--no-embed`."""
 
@@ -374,8 +375,9 @@ class SeedReport:
         }
 
 
-def load_seeds(cfg: MixtureConfig) -> tuple[list[Seed], SeedReport]:
-    """The configured seeds, imported (length filters, per-source samples) and filtered."""
+def load_seeds(cfg: MixtureConfig, rejects: Path) -> tuple[list[Seed], SeedReport]:
+    """The configured seeds, imported (length filters, per-source samples) and filtered; rows
+    that cannot be read go to `rejects` with their file, line and reason."""
     from lmmixup.data_import import import_pool
     from lmmixup.io import read_records
 
@@ -389,7 +391,7 @@ def load_seeds(cfg: MixtureConfig) -> tuple[list[Seed], SeedReport]:
     report = SeedReport([spec.path for spec in cfg.seeds])
     with tempfile.TemporaryDirectory(prefix="lmmixup-seeds-") as tmp:
         pool = Path(tmp) / "seeds.jsonl"
-        result = import_pool(list(cfg.seeds), pool, import_cfg, Path(tmp) / "rejects.jsonl")
+        result = import_pool(list(cfg.seeds), pool, import_cfg, rejects)
         records = read_records(pool)
     report.imported, report.rejected = result.kept, result.rejected
     report.filtered_by_length = result.filtered + result.dropped_by_limit
@@ -1143,7 +1145,7 @@ def build_mixture(
     The embedder and the degrader default to the configured ones (none when
     `cross_topic_fraction` is 0 or no `degrader` is set).
     """
-    seeds, seed_report = load_seeds(cfg)
+    seeds, seed_report = load_seeds(cfg, Path(out_dir) / REJECTS_FILE)
     if embedder is None and cfg.cross_topic_fraction > 0:
         embedder = load_pair_embedder(cfg.embedder)
     if generator is None and cfg.degrader is not None:

@@ -13,8 +13,11 @@ from importlib import resources
 from pathlib import Path
 
 from lmmixup.config import RunConfig, load_yaml, result_config, to_yaml, validate
+from lmmixup.errors import ConfigError, LmmixupError
+from lmmixup.io import write_text_atomic
+from lmmixup.outputs import run_dir_lock
 from lmmixup.runner import StageDir, StageResult, run_stage
-from lmmixup.sources import BUILTIN_SOURCES, builtin_path
+from lmmixup.sources import BUILTIN_SOURCES, builtin_path, is_saved_dataset
 
 Outputs = dict[str, Path]
 
@@ -77,7 +80,11 @@ def _split_body(stage: StageDir, cfg: RunConfig, outputs: dict[str, Outputs]) ->
 
     stage.counts.update(
         split_file(
-            outputs["rate"]["rated"], stage.file("high.jsonl"), stage.file("low.jsonl"), cfg.split
+            outputs["rate"]["rated"],
+            stage.file("high.jsonl"),
+            stage.file("low.jsonl"),
+            cfg.split,
+            unrated_file=stage.file("unrated.jsonl"),
         )
     )
 
@@ -196,10 +203,15 @@ def demo_config() -> dict:
 
 
 def run_pipeline(cfg: RunConfig, run_dir: str | Path, force: bool = False) -> dict:
-    """Run every stage in order (skipping finished ones) and write `summary.json`."""
-    run_dir = Path(run_dir)
+    """Run every stage in order (skipping finished ones) and write `summary.json`, holding
+    the run directory's lock: a second process on the same run directory is refused."""
+    with run_dir_lock(run_dir):
+        return _run_stages(cfg, Path(run_dir), force)
+
+
+def _run_stages(cfg: RunConfig, run_dir: Path, force: bool) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(to_yaml(cfg))
+    write_text_atomic(run_dir / "config.yaml", to_yaml(cfg))
     outputs: dict[str, Outputs] = {}
     results: list[StageResult] = []
     for stage in STAGES:
@@ -211,6 +223,7 @@ def run_pipeline(cfg: RunConfig, run_dir: str | Path, force: bool = False) -> di
             body=lambda stage_dir, stage=stage: stage.body(stage_dir, cfg, outputs),
             force=force,
             follow_inputs=True,
+            outputs=stage.outputs.values(),
         )
         outputs[stage.name] = {key: result.path / name for key, name in stage.outputs.items()}
         results.append(result)
@@ -235,15 +248,70 @@ def run_pipeline(cfg: RunConfig, run_dir: str | Path, force: bool = False) -> di
     from lmmixup.report import REPORT_FILE, write_report
 
     summary["report"] = str(run_dir / REPORT_FILE)
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=2))
     write_report(run_dir)  # after summary.json: a report error loses none of the run's files
     return summary
 
 
 def load_run_config(path: str | Path | None, overrides: list[str]) -> RunConfig:
-    """The run config from a YAML file (or the bundled demo when none) plus dotted overrides."""
+    """The run config from a YAML file (or the bundled demo when none) plus dotted overrides,
+    checked for what cannot work (`check_run_config`)."""
     from lmmixup.config import apply_overrides
 
     data = load_yaml(path) if path else demo_config()
     apply_overrides(data, overrides)
-    return validate(RunConfig, data, str(path) if path else "demo config")
+    origin = str(path) if path else "demo config"
+    cfg = validate(RunConfig, data, origin)
+    check_run_config(cfg, origin)
+    return cfg
+
+
+def check_run_config(cfg: RunConfig, origin: str) -> None:
+    """A ConfigError listing, one line each, what in a well-typed config cannot work."""
+    problems = config_problems(cfg)
+    if problems:
+        raise ConfigError("\n".join(f"{origin}: {problem}" for problem in problems))
+
+
+def config_problems(cfg: RunConfig) -> list[str]:
+    """What the file system says cannot work (sources that are missing or empty, a kNN
+    library that is not there), each naming its key. Settings that cannot go together
+    (e.g. rate.mode logprob with a server judge) are refused by the config sections."""
+    problems = _source_problems([source.path for source in cfg.import_.sources])
+    rate = cfg.rate
+    if rate.method == "knn" and not (rate.library and Path(rate.library).is_dir()):
+        problems.append(
+            f"rate.library: rate.method knn needs a library folder (got {rate.library!r}); "
+            "`lmmixup rewards build-library` makes one"
+        )
+    return problems
+
+
+def _source_problems(paths: list[str]) -> list[str]:
+    """`import.sources` must name at least one source, each one that exists and holds data."""
+    if not paths:
+        return [
+            "import.sources: empty; list the files or built-in sources "
+            f"({', '.join(BUILTIN_SOURCES)}) to import"
+        ]
+    return [
+        f"import.sources[{index}].path: {problem}"
+        for index, path in enumerate(paths)
+        if (problem := _source_problem(path)) is not None
+    ]
+
+
+def _source_problem(path: str) -> str | None:
+    """Why one source cannot be imported, None when it can."""
+    if path in BUILTIN_SOURCES:
+        try:
+            builtin_path(path)
+        except LmmixupError as exc:
+            return str(exc)
+        return None
+    file = Path(path)
+    if not file.exists():
+        return f"{path} does not exist (built-in sources: {', '.join(BUILTIN_SOURCES)})"
+    if file.is_dir():
+        return None if is_saved_dataset(file) else f"{path} is a folder but not a saved dataset"
+    return f"{path} is empty" if file.stat().st_size == 0 else None

@@ -8,7 +8,17 @@ A stage is a folder under the run directory with its outputs, its rejects and a
 - different config or inputs          -> refused with the differences, unless `force`
                                           (which redoes only such changed stages);
 - inside `lmmixup run`, inputs changed because an earlier stage of the same run was redone
-  or resumed (config unchanged)        -> redone: the user already asked for that change.
+  or resumed (config unchanged)        -> redone: the user already asked for that change;
+- complete, but an output it recorded
+  is gone                              -> redone, with a warning;
+- complete, but an output it recorded
+  was changed by hand                  -> refused, unless `force`;
+- an unreadable manifest (truncated)   -> unknown state: redone from scratch, with a warning.
+
+Inputs are compared by content: the manifest names each by its path relative to the run
+directory (or the standalone output's folder) where it lies inside it, but only the hashes, in
+order, decide whether they changed; a run directory that was moved or copied is still done.
+A stage holds its run directory's lock (or its output's) while it runs: one writer at a time.
 
 Per-record work is a function over a batch of records (`BatchFn`) so that the same function
 can run under a distributed executor (e.g. Ray Data's `map_batches`) unchanged.
@@ -17,6 +27,7 @@ can run under a distributed executor (e.g. Ray Data's `map_batches`) unchanged.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import time
 from collections.abc import Callable, Iterable
@@ -35,8 +46,10 @@ from lmmixup.io import (
     reject_record,
     write_text_atomic,
 )
+from lmmixup.outputs import check_outputs, output_lock, run_dir_lock
 from lmmixup.progress import progress
 
+log = logging.getLogger(__name__)
 BatchFn = Callable[[list[dict]], list[dict]]
 REJECT_KEY = "_reject"
 _VERSIONED = (
@@ -92,24 +105,41 @@ def _diff(old: dict, new: dict, prefix: str = "") -> list[str]:
     return changed
 
 
-def _fingerprint(inputs: Iterable[Path], config: dict) -> dict:
+def _input_name(path: Path, base: Path) -> str:
+    """An input's name in a manifest: relative to `base` when inside it, else absolute."""
+    resolved = path.resolve()
+    return (
+        resolved.relative_to(base.resolve()).as_posix()
+        if resolved.is_relative_to(base.resolve())
+        else str(resolved)
+    )
+
+
+def _fingerprint(inputs: Iterable[Path], config: dict, base: Path) -> dict:
     return {
         "config_hash": hash_value(config),
         "config": config,
-        "inputs": {str(path): hash_file(path) for path in inputs},
+        "inputs": {_input_name(path, base): hash_file(path) for path in inputs},
     }
 
 
 def _changes(manifest: dict, fingerprint: dict) -> tuple[list[str], list[str]]:
-    """(changed config keys, names of changed input files) between a manifest and now."""
+    """(changed config keys, names of changed input files) between a manifest and now.
+
+    Inputs are compared by their hashes in order, not by their paths (module doc); older
+    manifests, which name inputs by absolute path, compare the same way.
+    """
     keys = []
     if manifest.get("config_hash") != fingerprint["config_hash"]:
         keys = _diff(manifest.get("config", {}), fingerprint["config"]) or ["?"]
+    old = list(manifest.get("inputs", {}).values())
+    new = fingerprint["inputs"]
     files = []
-    if manifest.get("inputs") != fingerprint["inputs"]:
-        old = manifest.get("inputs", {})
+    if old != list(new.values()):
         files = [
-            Path(p).name for p in fingerprint["inputs"] if old.get(p) != fingerprint["inputs"][p]
+            Path(name).name
+            for position, (name, digest) in enumerate(new.items())
+            if position >= len(old) or old[position] != digest
         ] or ["set of files"]
     return keys, files
 
@@ -124,18 +154,88 @@ def _refusal(name: str, path: Path, keys: list[str], files: list[str]) -> StageM
     )
 
 
+@dataclass(frozen=True)
+class _Layout:
+    """Where a stage keeps its files."""
+
+    folder: Path  # the StageDir's path
+    manifest: Path
+    base: Path  # inputs inside it are named relative to it in the manifest
+    owned: tuple[Path, ...]  # removed when the stage is redone
+    outputs: tuple[Path, ...]  # recorded (size, hash) when complete; checked on a skip
+
+
+def _stage_layout(run_dir: Path, name: str, outputs: Iterable[str] = ()) -> _Layout:
+    folder = run_dir / name
+    return _Layout(
+        folder, folder / "manifest.json", run_dir, (folder,), tuple(folder / o for o in outputs)
+    )
+
+
+def _output_digests(layout: _Layout) -> dict[str, dict]:
+    """Size and hash of each output the stage wrote, by its name in the stage's folder."""
+    return {
+        path.relative_to(layout.folder).as_posix(): {
+            "bytes": path.stat().st_size,
+            "sha256": hash_file(path),
+        }
+        for path in layout.outputs
+        if path.is_file()
+    }
+
+
+def _output_problems(manifest: dict, layout: _Layout) -> tuple[list[str], list[str]]:
+    """(missing, changed): recorded outputs that are gone, or differ from what was recorded."""
+    missing, changed = [], []
+    for name, recorded in manifest.get("outputs", {}).items():
+        path = layout.folder / name
+        if not path.is_file():
+            missing.append(name)
+        elif path.stat().st_size != recorded["bytes"] or hash_file(path) != recorded["sha256"]:
+            changed.append(name)
+    return missing, changed
+
+
 def stage_is_current(
     run_dir: str | Path, name: str, inputs: Iterable[str | Path], config: dict
 ) -> bool:
-    """Whether `run_stage` would skip this stage: complete, with the same config and inputs."""
-    manifest = read_manifest(Path(run_dir) / name / "manifest.json")
-    if manifest is None or manifest.get("status") != "complete":
+    """Whether `run_stage` would skip this stage: complete, with the same config and inputs,
+    and the outputs it recorded as it left them."""
+    layout = _stage_layout(Path(run_dir), name)
+    manifest = _stage_manifest(layout.manifest)
+    if manifest is None or manifest["status"] != "complete":
         return False
-    return _changes(manifest, _fingerprint([Path(p) for p in inputs], config)) == ([], [])
+    fingerprint = _fingerprint([Path(p) for p in inputs], config, layout.base)
+    return _changes(manifest, fingerprint) == ([], []) and _output_problems(manifest, layout) == (
+        [],
+        [],
+    )
 
 
 def read_manifest(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.exists() else None
+    """A JSON manifest, or None when there is none. An unreadable one (truncated, not JSON)
+    is named in a warning and treated as none: the work it describes is redone."""
+    if not path.exists():
+        return None
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        reason = f"not valid JSON ({exc})"
+    else:
+        if isinstance(manifest, dict):
+            return manifest
+        reason = "not a JSON object"
+    log.warning("%s is unreadable: %s; treating it as missing (its work is redone)", path, reason)
+    return None
+
+
+def _stage_manifest(path: Path) -> dict | None:
+    """A stage's manifest, or None when there is none or it is not a stage manifest."""
+    manifest = read_manifest(path)
+    if manifest is not None and "status" not in manifest:
+        log.warning("%s has no status; treating it as missing (its work is redone)", path)
+        return None
+    return manifest
 
 
 def write_manifest(path: Path, manifest: dict) -> None:
@@ -159,24 +259,28 @@ def run_stage(
     body: Callable[[StageDir], None],
     force: bool = False,
     follow_inputs: bool = False,
+    outputs: Iterable[str] = (),
 ) -> StageResult:
-    """Run one stage of a run directory with skip / resume / refuse semantics (module doc).
+    """Run one stage of a run directory with skip / resume / refuse semantics (module doc),
+    holding the run directory's lock.
 
     `follow_inputs`: redo the stage, without `force`, when only its inputs changed (they are
-    outputs of earlier stages of the same run).
+    outputs of earlier stages of the same run). `outputs`: the files the stage writes in its
+    folder, recorded (size, hash) when it completes and checked when it is skipped.
     """
-    stage_path = Path(run_dir) / name
-    return _run(
-        stage_path,
-        stage_path / "manifest.json",
-        name,
-        inputs,
-        config,
-        body,
-        [stage_path],
-        force=force,
-        follow_inputs=follow_inputs,
-    )
+    layout = _stage_layout(Path(run_dir), name, outputs)
+    with run_dir_lock(run_dir):
+        return _run(layout, name, inputs, config, body, force=force, follow_inputs=follow_inputs)
+
+
+def file_stage_manifest(output: Path) -> Path:
+    """Where a standalone command keeps its manifest: OUTPUT.manifest.json beside OUTPUT."""
+    return output.with_name(output.name.removesuffix(".jsonl") + ".manifest.json")
+
+
+def rejects_beside(output: Path) -> Path:
+    """A standalone command's rejects file: OUTPUT.rejects.jsonl beside OUTPUT."""
+    return output.with_name(output.name.removesuffix(".jsonl") + ".rejects.jsonl")
 
 
 def run_file_stage(
@@ -189,37 +293,72 @@ def run_file_stage(
     force: bool = False,
 ) -> StageResult:
     """A stage outside a run directory (a standalone command): the manifest sits beside
-    `output` as OUTPUT.manifest.json; the same skip / resume / refuse rules apply."""
+    `output` as OUTPUT.manifest.json; the same skip / resume / refuse rules apply. Before any
+    work, the output must be JSONL and none of its files an input; then it holds the output's
+    lock while it runs."""
     output = Path(output)
+    inputs = [Path(p) for p in inputs]
+    manifest = file_stage_manifest(output)
+    owned = (output, rejects_beside(output))
+    check_outputs(inputs, [*owned, manifest], records=[output])
     output.parent.mkdir(parents=True, exist_ok=True)
-    manifest_path = output.with_name(output.name.removesuffix(".jsonl") + ".manifest.json")
-    owned = [output, output.with_name(output.name.removesuffix(".jsonl") + ".rejects.jsonl")]
-    return _run(output.parent, manifest_path, name, inputs, config, body, owned, force=force)
+    layout = _Layout(output.parent, manifest, output.parent, owned, owned)
+    with output_lock(output):
+        return _run(layout, name, inputs, config, body, force=force)
 
 
-def _clear(paths: list[Path]) -> None:
-    for path in paths:
+def _clear(layout: _Layout) -> None:
+    for path in [*layout.owned, layout.manifest]:
         if path.is_dir():
             shutil.rmtree(path)
         else:
             path.unlink(missing_ok=True)
 
 
-def _run(
-    stage_path, manifest_path, name, inputs, config, body, owned, *, force, follow_inputs=False
-) -> StageResult:
-    fingerprint = _fingerprint([Path(p) for p in inputs], config)
-    manifest = read_manifest(manifest_path)
-    if manifest is not None:
-        keys, files = _changes(manifest, fingerprint)
-        if keys or files:
-            if not (force or (follow_inputs and not keys)):
-                raise _refusal(name, manifest_path, keys, files)
-            _clear([*owned, manifest_path])
-            manifest = None
-        elif manifest["status"] == "complete":
-            return StageResult(name, stage_path, manifest, skipped=True)
-    stage_path.mkdir(parents=True, exist_ok=True)
+def _manifest_to_continue(
+    layout: _Layout, name: str, fingerprint: dict, *, force: bool, follow_inputs: bool
+) -> dict | None:
+    """The stage's manifest when its work may be skipped or resumed; None (after clearing
+    its files) when it starts afresh. Refuses changes the user did not ask for."""
+    manifest = _stage_manifest(layout.manifest)
+    if manifest is None:
+        if layout.manifest.exists():  # unreadable: whatever is there is of unknown origin
+            _clear(layout)
+        return None
+    keys, files = _changes(manifest, fingerprint)
+    if keys or files:
+        if not (force or (follow_inputs and not keys)):
+            raise _refusal(name, layout.manifest, keys, files)
+        _clear(layout)
+        return None
+    if manifest["status"] != "complete":
+        return manifest
+    missing, changed = _output_problems(manifest, layout)
+    if changed and not force:
+        raise StageMismatchError(
+            f"stage '{name}' in {layout.manifest}: {', '.join(changed[:4])} changed since the "
+            "stage completed; re-run with --force to redo it"
+        )
+    if missing or changed:
+        log.warning(
+            "stage '%s' in %s: %s since it completed; redoing the stage",
+            name,
+            layout.folder,
+            ", ".join([f"{m} is missing" for m in missing] + [f"{c} changed" for c in changed]),
+        )
+        _clear(layout)
+        return None
+    return manifest
+
+
+def _run(layout, name, inputs, config, body, *, force, follow_inputs=False) -> StageResult:
+    fingerprint = _fingerprint([Path(p) for p in inputs], config, layout.base)
+    manifest = _manifest_to_continue(
+        layout, name, fingerprint, force=force, follow_inputs=follow_inputs
+    )
+    if manifest is not None and manifest["status"] == "complete":
+        return StageResult(name, layout.folder, manifest, skipped=True)
+    layout.folder.mkdir(parents=True, exist_ok=True)
     resumed = manifest is not None
     history = manifest.get("history", []) if manifest else []
     started, clock = _now(), time.perf_counter()
@@ -231,8 +370,8 @@ def _run(
         "started_at": started,
         "history": history,
     }
-    write_manifest(manifest_path, manifest)
-    stage = StageDir(name, stage_path, resumed=resumed, previous_runs=len(history))
+    write_manifest(layout.manifest, manifest)
+    stage = StageDir(name, layout.folder, resumed=resumed, previous_runs=len(history))
     try:
         body(stage)
     finally:
@@ -243,14 +382,16 @@ def _run(
             counts=stage.counts,
             total_seconds=round(sum(h["seconds"] for h in history), 3),
         )
-        write_manifest(manifest_path, manifest)
+        write_manifest(layout.manifest, manifest)
     manifest.update(
         status="partial" if stage.partial else "complete", finished_at=_now(), seconds=seconds
     )
     if stage.partial:
         manifest["partial_reason"] = stage.partial
-    write_manifest(manifest_path, manifest)
-    return StageResult(name, stage_path, manifest, skipped=False)
+    else:
+        manifest["outputs"] = _output_digests(layout)
+    write_manifest(layout.manifest, manifest)
+    return StageResult(name, layout.folder, manifest, skipped=False)
 
 
 def _done_ids(

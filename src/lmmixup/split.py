@@ -6,34 +6,29 @@ from collections import Counter
 from pathlib import Path
 
 from lmmixup.config import SplitConfig
-from lmmixup.io import read_records, write_records
+from lmmixup.io import write_records
+from lmmixup.records import effective_score
+from lmmixup.validate import RATED_RECORD, read_checked
 
 
-def effective_score(record: dict) -> float:
-    """The score used for splitting and ranking: curated when curation ran, else the rating's.
-
-    Finer-grained expected values (logprob judges, kNN scores) break ties inside a score.
-    """
+def ranking_score(record: dict) -> float:
+    """The score a top-fraction split ranks by: the effective (curated) score, with the
+    finer-grained expected values (logprob judges, kNN scores) breaking ties inside a score."""
     rating = record["rating"]
-    score = rating.get("curated_score", rating["score"])
     fine = rating.get("expected_overall") or rating.get("expected_score")
-    return float(score) + (float(fine) / 100.0 if fine is not None else 0.0)
+    return float(effective_score(rating)) + (float(fine) / 100.0 if fine is not None else 0.0)
 
 
 def split_records(
     records: list[dict], cfg: SplitConfig
 ) -> tuple[list[dict], list[dict], list[dict]]:
-    """(high, low, unrated): by score >= threshold, or the top `high_fraction` by score."""
+    """(high, low, unrated): by effective score >= threshold, or the top `high_fraction`."""
     rated = [r for r in records if r.get("rating") is not None]
     unrated = [r for r in records if r.get("rating") is None]
     if cfg.high_fraction is None:
-        high = [
-            r
-            for r in rated
-            if r["rating"].get("curated_score", r["rating"]["score"]) >= cfg.threshold
-        ]
+        high = [r for r in rated if effective_score(r["rating"]) >= cfg.threshold]
     else:
-        ranked = sorted(rated, key=lambda r: (-effective_score(r), r["id"]))
+        ranked = sorted(rated, key=lambda r: (-ranking_score(r), r["id"]))
         high = ranked[: round(len(ranked) * cfg.high_fraction)]
     high_ids = {r["id"] for r in high}
     return (
@@ -43,9 +38,23 @@ def split_records(
     )
 
 
-def split_file(rated: Path, high: Path, low: Path, cfg: SplitConfig) -> dict:
-    """Write the high and low files (and unrated failures beside them); counts per source."""
-    high_records, low_records, unrated = split_records(read_records(rated), cfg)
+def unrated_path(low: Path) -> Path:
+    """Where a split puts the records without a rating: LOW.unrated.jsonl beside the low file,
+    so two splits into one folder never share (and clobber) one unrated file."""
+    return low.with_name(low.name.removesuffix(".jsonl") + ".unrated.jsonl")
+
+
+def split_file(
+    rated: Path, high: Path, low: Path, cfg: SplitConfig, unrated_file: Path | None = None
+) -> dict:
+    """Write the high and low files, and the records without a rating (failures) to
+    `unrated_file` (default: `unrated_path(low)`; a stale one from an earlier split is removed
+    when there are none); counts per source.
+
+    The rated file is checked first: a bad record, or a file where no record has a rating,
+    is an error naming the file."""
+    unrated_file = unrated_file or unrated_path(low)
+    high_records, low_records, unrated = split_records(read_checked(rated, RATED_RECORD), cfg)
     write_records(high, high_records)
     write_records(low, low_records)
     high_counts = Counter(r["source"] for r in high_records)
@@ -63,7 +72,8 @@ def split_file(rated: Path, high: Path, low: Path, cfg: SplitConfig) -> dict:
         },
     }
     if unrated:
-        unrated_path = low.with_name("unrated.jsonl")
-        write_records(unrated_path, unrated)
-        counts["unrated_file"] = str(unrated_path)
+        write_records(unrated_file, unrated)
+        counts["unrated_file"] = str(unrated_file)
+    else:
+        unrated_file.unlink(missing_ok=True)
     return counts

@@ -40,8 +40,10 @@ def experiment(
     Finished arms are skipped on a re-run; an interrupted one resumes.
     """
     from lmmixup.experiment import TABLE_DIR, load_experiment_config, markdown, run_experiment
+    from lmmixup.outputs import run_dir_lock
 
     cfg, exp = load_experiment_config(config, sets or [])
-    table = run_experiment(cfg, exp, run_dir, force=force)
+    with run_dir_lock(run_dir):  # one writer for the whole experiment, not only each stage
+        table = run_experiment(cfg, exp, run_dir, force=force)
     typer.echo(markdown(table))
     typer.echo(f"table -> {run_dir / TABLE_DIR / 'results.md'}")

@@ -116,16 +116,19 @@ def decontaminate(
     """Drop training rows that share a word n-gram (casing and punctuation ignored) with the
     evaluation data, and print how many rows overlap each task. Bad lines and dropped rows
     (with the tasks and the matched n-gram) go to OUTPUT.rejects.jsonl."""
-    from lmmixup.cli import _rejects_beside
     from lmmixup.decontam import decontaminate as split_rows
     from lmmixup.decontam import read_eval_sets
     from lmmixup.io import write_records
+    from lmmixup.outputs import check_outputs
+    from lmmixup.runner import rejects_beside
     from lmmixup.training.finetune import read_training_set
 
-    eval_sets = read_eval_sets(named_files(against, "--against"))
+    against_files = named_files(against, "--against")
+    rejects = rejects_beside(output)
+    check_outputs([train, *against_files.values()], [output, rejects], records=[output])
+    eval_sets = read_eval_sets(against_files)
     data = read_training_set(train)
     kept, dropped, report = split_rows(data.rows, eval_sets, n, min_words)
-    rejects = _rejects_beside(output)
     write_records(output, kept)
     write_records(rejects, data.rejects + dropped)
     for line in report.lines():

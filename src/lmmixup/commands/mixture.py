@@ -78,7 +78,8 @@ def build(
     """
     from lmmixup.cli import _overrides
     from lmmixup.config import load_config
-    from lmmixup.mixture import LEXICAL, MixtureConfig, build_mixture
+    from lmmixup.mixture import LEXICAL, REJECTS_FILE, SPLITS, MixtureConfig, build_mixture
+    from lmmixup.outputs import check_outputs, run_dir_lock
 
     degrader = {"backend": backend, "model": model, "base_url": base_url}
     flags = {f"degrader.{key}": value for key, value in degrader.items()}
@@ -90,13 +91,19 @@ def build(
         "embedder": LEXICAL if no_embed else None,
     }
     cfg = load_config(MixtureConfig, config, _overrides(sets, **flags))
+    written = [output / f"{split}.jsonl" for split in SPLITS]
+    written += [output / "card.json", output / "card.md", output / REJECTS_FILE]
+    check_outputs([spec.path for spec in cfg.seeds], written)
     started = time.perf_counter()
-    card = build_mixture(cfg, output)
+    with run_dir_lock(output):
+        card = build_mixture(cfg, output)
     _report(card, output, time.perf_counter() - started)
 
 
 def _report(card: dict, output: Path, seconds: float) -> None:
     """Print the record counts, the card's location and any model-degradation failures."""
+    from lmmixup.mixture import REJECTS_FILE
+
     typer.echo(
         f"{card['records']:,} records ({card['cross_topic']:,} cross-topic) in {seconds:.1f} s "
         f"-> {output}"
@@ -110,4 +117,7 @@ def _report(card: dict, output: Path, seconds: float) -> None:
             f"model degradations: {llm['written']:,} of {llm['requested']:,} written; "
             f"{llm['fell_back_to_rules']:,} failed -> rule-based ({llm['failed'] or 'none'})"
         )
+    rejected = card["seeds"]["rejected_rows"]
+    if rejected:
+        typer.echo(f"{rejected:,} seed rows could not be read -> {output / REJECTS_FILE}")
     typer.echo(f"card: {output / 'card.md'} and {output / 'card.json'}")
