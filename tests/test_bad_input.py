@@ -68,6 +68,7 @@ COMMANDS = {
         *("-o", "t.jsonl"),
     ],
     "eval-distiller": ["eval", "distiller", "m", "--test", "BAD", "-o", "eval"],
+    "rewards-library": ["rewards", "build-library", "BAD", "-o", "library"],
 }
 
 CASES = [
@@ -126,6 +127,9 @@ CASES = [
     ("eval-distiller", [_row(MIXTURE_ROW, task_type="essay")], "'task_type' must be one of"),
     ("eval-distiller", [_row(MIXTURE_ROW, members=[{"prompt": "p"}])], "'members' must be"),
     ("eval-distiller", [], "bad.jsonl holds no records"),
+    # rated records (the quality reward's library)
+    ("rewards-library", [_rated_row("a", prompt=DROP)], "bad.jsonl:1: field 'prompt' missing"),
+    ("rewards-library", [_rated_row("a"), _rated_row("a")], ":2: id 'a' already appears"),
 ]
 
 

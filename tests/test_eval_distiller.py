@@ -219,7 +219,7 @@ def test_a_spent_judge_request_cap_stops_the_evaluation(tmp_path, monkeypatch):
 
         return judge, None
 
-    monkeypatch.setattr("lmmixup.rating.stage._judge_fn", capped_judge_fn)
+    monkeypatch.setattr("lmmixup.rating.stage.load_judge_fn", capped_judge_fn)
     judge = load_judge(EvalDistillerConfig(), CallCache(tmp_path / "calls.sqlite"))
     with pytest.raises(LmmixupError, match="max_requests=1 reached; .*re-run"):
         judge([{"id": "a", "prompt": "p", "completion": "c"}])

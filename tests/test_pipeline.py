@@ -148,3 +148,20 @@ def test_run_goes_from_pool_to_training_set_and_skips_on_rerun(tmp_path, lab):
     assert [name for name, stage in stages.items() if not stage["skipped"]] == ["select"]
     assert "stage 'select'" in third.stderr and "train.jsonl is missing" in third.stderr
     assert read_records(moved / "select" / "train.jsonl") == train and lab.count == requests
+
+
+def test_a_run_whose_import_keeps_no_row_stops_before_rating(tmp_path, lab):
+    pool = tmp_path / "pool.jsonl"
+    _pool(pool)
+    config = _config(tmp_path, lab.base_url, pool)
+    cfg = json.loads(config.read_text())
+    cfg["import"]["min_prompt_chars"] = 10_000  # every row is too short
+    config.write_text(json.dumps(cfg))
+    done = subprocess.run(
+        [sys.executable, "-m", "lmmixup.cli", "run", str(config), "--run-dir", str(tmp_path / "r")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 2 and "import kept no rows" in done.stderr, done.stderr
+    assert lab.requests == [] and not (tmp_path / "r" / "rate").exists()

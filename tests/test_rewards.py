@@ -348,11 +348,13 @@ def _rated_file(path):
                 "id": f"r{i}",
                 "prompt": f"Tell me about {topic} ({i}).",
                 "completion": f"A short note on {topic}.",
+                "source": "notes",
                 "task_type": "qa" if i < 25 else "mcq",
                 "rating": {"score": i % 6},
             }
         )
-    rows.append({"id": "failed", "prompt": "p", "completion": "c", "rating": None})
+    failed = {"id": "failed", "prompt": "p", "completion": "c", "source": "notes"}
+    rows.append({**failed, "rating": None, "rating_error": "judge failed"})
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
 
 

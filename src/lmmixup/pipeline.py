@@ -47,6 +47,12 @@ def _import_body(stage: StageDir, cfg: RunConfig, _: dict[str, Outputs]) -> None
         cfg.import_.sources, stage.file("pool.jsonl"), cfg.import_, stage.file("rejects.jsonl")
     )
     stage.counts.update(result.counts())
+    if not result.kept:
+        raise LmmixupError(
+            f"import kept no rows ({result.rejected:,} rejected -> {result.rejects}, "
+            f"{result.filtered:,} outside the length limits); fix the sources or the "
+            "import limits, then re-run"
+        )
     if result.heldout is None:  # the file is there whenever the stage is done
         stage.file("pool.heldout.jsonl").write_text("")
 

@@ -48,7 +48,6 @@ from lmmixup.backends.embed import record_text
 from lmmixup.config import DEFAULT_EMBEDDER
 from lmmixup.distill import parse_output, reply_format
 from lmmixup.errors import LmmixupError
-from lmmixup.io import read_records
 from lmmixup.rating.knn_bayes import (
     DEFAULT_TASK,
     META_FILE,
@@ -60,6 +59,7 @@ from lmmixup.rating.knn_bayes import (
     load_task_scorers,
 )
 from lmmixup.tasks import task_format
+from lmmixup.validate import RATED_RECORD, read_checked
 
 log = logging.getLogger(__name__)
 
@@ -522,11 +522,9 @@ def read_rated(paths: Sequence[str | Path]) -> tuple[list[dict], int]:
     """The records of rated JSONL files that have a rating, and how many had none (failures)."""
     rated, unrated = [], 0
     for path in paths:
-        for record in read_records(path):
+        for record in read_checked(path, RATED_RECORD):
             if record.get("rating") is None:
                 unrated += 1
-            elif "prompt" not in record or "completion" not in record:
-                raise LmmixupError(f"{path}: record {record.get('id')!r} has no prompt/completion")
             else:
                 rated.append(record)
     return rated, unrated

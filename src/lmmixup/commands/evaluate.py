@@ -60,7 +60,10 @@ def distiller(
         str | None, typer.Option(help="openai judge backend: server URL.")
     ] = None,
     judge_mode: Annotated[
-        str | None, typer.Option(help="logprob (hf judges) | generate [logprob].")
+        str | None,
+        typer.Option(
+            help="logprob (hf judges) | generate | auto [auto: logprob for hf, generate for servers]."
+        ),
     ] = None,
     quality_library: Annotated[
         str | None, typer.Option(help="kNN-Bayes library for the quality reward.")

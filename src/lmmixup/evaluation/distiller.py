@@ -71,9 +71,9 @@ class EvalDistillerConfig(Section):
     judge: BackendConfig = Field(
         default_factory=BackendConfig, description="The rating judge (default: bundled SmolLM2)."
     )
-    judge_mode: Literal["logprob", "generate"] = Field(
-        "logprob",
-        description="logprob: expected Overall from the score-token probabilities (hf judges); generate: the judge writes the JSON rating.",
+    judge_mode: Literal["auto", "logprob", "generate"] = Field(
+        "auto",
+        description="logprob: expected Overall from the score-token probabilities (hf judges); generate: the judge writes the JSON rating; auto: logprob for an hf judge, generate for a server.",
     )
     rewards: RewardSettings = Field(
         default_factory=RewardSettings,
@@ -302,10 +302,10 @@ def load_judge(cfg: EvalDistillerConfig, cache: CallCache) -> BatchFn:
     (`judge.max_requests`) stops the evaluation rather than counting as failed ratings."""
     from lmmixup.config import RateConfig
     from lmmixup.rating.judge import BudgetStop
-    from lmmixup.rating.stage import _judge_fn
+    from lmmixup.rating.stage import load_judge_fn
 
     stop = BudgetStop()
-    judge, _ = _judge_fn(RateConfig(judge=cfg.judge, mode=cfg.judge_mode), cache, stop, 0)
+    judge, _ = load_judge_fn(RateConfig(judge=cfg.judge, mode=cfg.judge_mode), cache, stop, 0)
 
     def judge_or_stop(batch: list[dict]) -> list[dict]:
         rated = judge(batch)

@@ -42,7 +42,8 @@ def chosen_for_judge(record_id: str, fraction: float, seed: int) -> bool:
     return int.from_bytes(digest[:8], "big") / 2**64 < fraction
 
 
-def _judge_fn(cfg: RateConfig, cache: CallCache | None, stop: BudgetStop, run_index: int):
+def load_judge_fn(cfg: RateConfig, cache: CallCache | None, stop: BudgetStop, run_index: int):
+    """The judge's batch function for `cfg.mode` and the model behind it."""
     from lmmixup.backends import load_generator
 
     if cfg.mode == "logprob":  # RateConfig allows it only with judge.backend=hf
@@ -69,7 +70,7 @@ def judge_records(
 ) -> dict:
     """Judge every record (or those `select` accepts); stops cleanly at a request cap."""
     stop = BudgetStop()
-    fn, model = _judge_fn(cfg, cache, stop, run_index)
+    fn, model = load_judge_fn(cfg, cache, stop, run_index)
     records = [(n, r) for n, r in numbered(pool) if select is None or select(r)]
     counts = process_records(
         records,
