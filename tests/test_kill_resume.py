@@ -63,23 +63,7 @@ def _pool(path, count):
 def test_kill_during_rating_rates_each_sample_once_and_pays_once(tmp_path):
     _pool(tmp_path / "pool.jsonl", 16)
     with SlowServer() as server:
-        cmd, env = _cli(
-            tmp_path,
-            "rate",
-            str(tmp_path / "pool.jsonl"),
-            "-o",
-            str(tmp_path / "rated.jsonl"),
-            "--backend",
-            "openai",
-            "--base-url",
-            server.base_url,
-            "--model",
-            "judge",
-            "--mode",
-            "generate",
-            "--concurrency",
-            "2",
-        )
+        cmd, env = _rate_command(tmp_path, server)
         proc = subprocess.Popen(cmd, env=env)
         _kill_when(proc, server, 7)
         before = server.count
