@@ -576,7 +576,6 @@ def select(
     from lmmixup.errors import LmmixupError
     from lmmixup.outputs import check_outputs
     from lmmixup.select_stage import BASELINES, select_baseline, select_files, why_path
-    from lmmixup.validate import RATED_RECORD, check_file
 
     ratio = None
     if mixup_ratio is not None:
@@ -595,9 +594,9 @@ def select(
     elif original is None or mixup is None:
         raise LmmixupError("give --original and --mixup (or --baseline NAME --pool RATED)")
     else:
-        check_file(original, RATED_RECORD)
-        check_file(mixup, RATED_RECORD)
-        summary = select_files(original, mixup, output, cfg, allow_short=allow_short)
+        summary = select_files(
+            original, mixup, output, cfg, allow_short=allow_short, allow_empty=False
+        )
     _echo(f"selected {summary['rows']:,} rows -> {output} (why: {why_path(output)})")
     _echo(f"by origin: {summary['by_origin']}; by source: {summary['by_source']}")
     for note in summary.get("notes", []):

@@ -68,15 +68,21 @@ def why_path(output: Path) -> Path:
 
 
 def select_files(
-    original: Path, mixup: Path, output: Path, cfg: SelectConfig, allow_short: bool = False
+    original: Path,
+    mixup: Path,
+    output: Path,
+    cfg: SelectConfig,
+    allow_short: bool = False,
+    allow_empty: bool = True,
 ) -> dict:
     """The method's selection: top distilled by long-tail + top originals by (score, long-tail).
 
-    Both files must hold rated records (an empty one is allowed: the other side fills it)."""
+    Both files must hold rated records; an empty one is allowed (the other side fills it)
+    unless `allow_empty` is false, as for files a user names."""
     from lmmixup.selection import mix_budget
 
-    originals = read_checked(original, RATED_RECORD, allow_empty=True)
-    distilled = read_checked(mixup, RATED_RECORD, allow_empty=True)
+    originals = read_checked(original, RATED_RECORD, allow_empty=allow_empty)
+    distilled = read_checked(mixup, RATED_RECORD, allow_empty=allow_empty)
     selection = mix_budget(
         originals,
         distilled,
