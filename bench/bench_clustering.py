@@ -29,7 +29,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
-from lmmixup.clustering import (  # noqa: E402
+from lmmixup.method.clustering import (  # noqa: E402
     cluster_embeddings,
     cohesion,
     draw_cluster_sizes,

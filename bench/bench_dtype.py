@@ -14,8 +14,8 @@ import torch
 from common import machine_note
 from transformers import AutoModelForCausalLM
 
-from lmmixup.assets import smollm2_checkpoint
 from lmmixup.backends.hf import pick_dtype
+from lmmixup.io.assets import smollm2_checkpoint
 
 
 def forward_seconds(dtype: torch.dtype, batch: int, tokens: int) -> float:

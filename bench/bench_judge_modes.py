@@ -15,8 +15,8 @@ from common import bundled_pool, machine_note
 
 from lmmixup.backends.base import GenParams
 from lmmixup.backends.hf import HFChatModel
-from lmmixup.rating.judge import logprob_rating, score_distribution
-from lmmixup.rating.rubric import build_rubric_logprob_prompt, build_rubric_messages, parse_rating
+from lmmixup.method.rubric import build_rubric_logprob_prompt, build_rubric_messages, parse_rating
+from lmmixup.stages.judge import logprob_rating, score_distribution
 
 
 def run(samples: int, batch_size: int, model_name: str) -> str:

@@ -17,7 +17,7 @@ import time
 import faiss
 import numpy as np
 
-from lmmixup.rating import KnnBayesScorer, banded_reward
+from lmmixup.method.knn_bayes import KnnBayesScorer, banded_reward
 
 REFERENCE_COUNTS = np.array([18626, 44401, 86132, 87975, 59969, 3829])
 CLUSTER_PURITY = 0.6

@@ -8,8 +8,8 @@ import tempfile
 from pathlib import Path
 
 from lmmixup.config import ImportConfig
-from lmmixup.data_import import import_pool
-from lmmixup.io import read_records
+from lmmixup.io.jsonl import read_records
+from lmmixup.stages.import_pool import import_pool
 
 
 def bundled_pool(sharegpt: int, gsm8k: int, seed: int = 0) -> list[dict]:

@@ -17,7 +17,7 @@ os.environ.setdefault("LMMIXUP_CACHE", str(Path(__file__).resolve().parents[1] /
 @pytest.fixture(scope="session")
 def smollm2_tokenizer_dir() -> Path:
     """The converted bundled SmolLM2 checkpoint (its tokenizer is used for tiny test models)."""
-    from lmmixup.assets import smollm2_checkpoint
+    from lmmixup.io.assets import smollm2_checkpoint
 
     return smollm2_checkpoint()
 

@@ -6,8 +6,8 @@ import sys
 import time
 from pathlib import Path
 
-from lmmixup.io import write_records
-from lmmixup.runner import numbered, process_records, run_stage
+from lmmixup.io.jsonl import write_records
+from lmmixup.runtime.runner import numbered, process_records, run_stage
 
 
 def slow_double(batch: list[dict]) -> list[dict]:

@@ -1,7 +1,7 @@
 """Bad stage inputs: one line naming the file, line and field, exit 2, and no model loaded.
 
 Every stage command reads its whole input before any model loads. The commands run in this
-process (`lmmixup.cli.main`) with every model loader replaced by one that fails the test.
+process (`lmmixup.cli.app.main`) with every model loader replaced by one that fails the test.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from lmmixup.cli import main
+from lmmixup.cli.app import main
 
 POOL_ROW = {"id": "a", "prompt": "What is 2 + 2?", "completion": "4", "source": "s"}
 RATED_ROW = {**POOL_ROW, "rating": {"overall": 8, "score": 4}}
@@ -29,9 +29,9 @@ MODEL_LOADERS = (
     "lmmixup.backends.load_generator",
     "lmmixup.backends.embed.load_embedder",
     "lmmixup.backends.hf.HFChatModel",
-    "lmmixup.rating.stage.load_embedder",
-    "lmmixup.cluster_stage.load_embedder",
-    "lmmixup.select_stage.load_embedder",
+    "lmmixup.stages.rate.load_embedder",
+    "lmmixup.stages.cluster.load_embedder",
+    "lmmixup.stages.select.load_embedder",
     "lmmixup.evaluation.distiller.load_reward_set",
 )
 
@@ -191,8 +191,8 @@ def test_bad_input_is_one_line_before_any_model(
 
 
 def test_the_good_inputs_of_these_tests_pass_the_checks(tmp_path):
-    from lmmixup.distill import read_distill_inputs
-    from lmmixup.validate import MIXTURE_RECORD, POOL_RECORD, RATED_RECORD, check_file
+    from lmmixup.io.validate import MIXTURE_RECORD, POOL_RECORD, RATED_RECORD, check_file
+    from lmmixup.stages.distill import read_distill_inputs
 
     _good_inputs(tmp_path)
     _write(tmp_path / "test.jsonl", [MIXTURE_ROW])
@@ -212,7 +212,7 @@ def test_a_missing_input_file_is_named(tmp_path, monkeypatch, capsys, no_models)
 
 def test_a_split_with_some_failed_ratings_keeps_them_apart(tmp_path):
     from lmmixup.config import SplitConfig
-    from lmmixup.split import split_file
+    from lmmixup.stages.split import split_file
 
     rows = [_rated_row("a"), _rated_row("b", rating=None, rating_error="judge failed")]
     _write(tmp_path / "rated.jsonl", rows)

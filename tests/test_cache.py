@@ -7,8 +7,8 @@ import sqlite3
 import pytest
 
 from lmmixup.backends.base import CachedGenerator, Generation, GenParams, RequestBudgetExhausted
-from lmmixup.cache import CallCache, call_key
 from lmmixup.errors import LmmixupError
+from lmmixup.io.cache import CallCache, call_key
 
 
 class CountingGenerator:

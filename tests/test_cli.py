@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from lmmixup.io import read_records, write_records
+from lmmixup.io.jsonl import read_records, write_records
 
 LMMIXUP = [sys.executable, "-m", "lmmixup.cli"]
 
@@ -28,7 +28,7 @@ def test_every_command_has_help_with_an_example(command):
 
 
 def test_help_does_not_import_heavy_libraries():
-    code = "import sys; from lmmixup.cli import app; print(sorted(m for m in ('torch','transformers','faiss','numpy') if m in sys.modules))"
+    code = "import sys; from lmmixup.cli.app import app; print(sorted(m for m in ('torch','transformers','faiss','numpy') if m in sys.modules))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
 
@@ -149,7 +149,7 @@ def test_a_record_output_that_is_not_jsonl_is_refused_before_any_work(tmp_path, 
 
 BOOM = """
 import sys
-from lmmixup import cli
+from lmmixup.cli import app as cli
 
 @cli.app.command("boom")
 def boom(kind: str) -> None:
@@ -177,7 +177,7 @@ def test_an_unexpected_error_exits_2_without_a_python_class_name_and_v_shows_the
 
 HOLD_RUN_DIR = """
 import sys, time
-from lmmixup.outputs import run_dir_lock
+from lmmixup.io.outputs import run_dir_lock
 with run_dir_lock(sys.argv[1]):
     print("held", flush=True)
     time.sleep(60)

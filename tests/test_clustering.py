@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lmmixup import clustering
-from lmmixup.clustering import (
+from lmmixup.method import clustering
+from lmmixup.method.clustering import (
     assign_to_centres,
     cluster_by_group,
     cluster_embeddings,
@@ -315,11 +315,11 @@ def _records(counts: dict[str, int]) -> list[dict]:
 
 
 def test_cluster_file_accounts_for_groups_below_min_size(tmp_path, monkeypatch):
-    from lmmixup.cluster_stage import cluster_file
     from lmmixup.config import ClusterConfig
-    from lmmixup.io import read_records, write_records
+    from lmmixup.io.jsonl import read_records, write_records
+    from lmmixup.stages.cluster import cluster_file
 
-    monkeypatch.setattr("lmmixup.cluster_stage.load_embedder", lambda name: _FakeEmbedder())
+    monkeypatch.setattr("lmmixup.stages.cluster.load_embedder", lambda name: _FakeEmbedder())
     records = _records({"big": 20, "lone": 1, "pair": 2})
     write_records(tmp_path / "low.jsonl", records)
     cfg = ClusterConfig(min_size=3, max_size=5, mean_size=4, std_size=1, per_source=True)
@@ -333,9 +333,9 @@ def test_cluster_file_accounts_for_groups_below_min_size(tmp_path, monkeypatch):
 
 
 def test_cluster_sizes_that_cannot_be_met_are_an_error_naming_the_group(tmp_path):
-    from lmmixup.cluster_stage import cluster_records
     from lmmixup.config import ClusterConfig
     from lmmixup.errors import LmmixupError
+    from lmmixup.stages.cluster import cluster_records
 
     records = _records({"a": 10, "b": 6})
     cfg = ClusterConfig(min_size=4, max_size=5, per_source=True)
@@ -344,10 +344,10 @@ def test_cluster_sizes_that_cannot_be_met_are_an_error_naming_the_group(tmp_path
 
 
 def test_cluster_command_notes_clusters_below_min_size(tmp_path, monkeypatch, capsys):
-    from lmmixup.cli import main
-    from lmmixup.io import write_records
+    from lmmixup.cli.app import main
+    from lmmixup.io.jsonl import write_records
 
-    monkeypatch.setattr("lmmixup.cluster_stage.load_embedder", lambda name: _FakeEmbedder())
+    monkeypatch.setattr("lmmixup.stages.cluster.load_embedder", lambda name: _FakeEmbedder())
     write_records(tmp_path / "low.jsonl", _records({"big": 20, "lone": 1, "pair": 2}))
     monkeypatch.chdir(tmp_path)
     sizes = ["--min-size", "3", "--max-size", "5", "--mean-size", "4", "--std-size", "1"]

@@ -65,7 +65,7 @@ def _run_config(tmp_path, data: dict):
 
 
 def test_run_config_problems_are_named_one_line_each(tmp_path):
-    from lmmixup.pipeline import load_run_config
+    from lmmixup.workflows.pipeline import load_run_config
 
     (tmp_path / "empty.jsonl").write_text("")
     (tmp_path / "folder").mkdir()
@@ -101,7 +101,7 @@ def test_run_config_problems_are_named_one_line_each(tmp_path):
     ],
 )
 def test_config_check_refuses_what_cannot_work(tmp_path, monkeypatch, capsys, data, expected):
-    from lmmixup.cli import main
+    from lmmixup.cli.app import main
 
     monkeypatch.setattr(
         sys, "argv", ["lmmixup", "config", "check", str(_run_config(tmp_path, data))]
@@ -113,7 +113,7 @@ def test_config_check_refuses_what_cannot_work(tmp_path, monkeypatch, capsys, da
 
 
 def test_a_config_that_can_work_is_ok(tmp_path):
-    from lmmixup.pipeline import load_run_config
+    from lmmixup.workflows.pipeline import load_run_config
 
     (tmp_path / "pool.jsonl").write_text('{"prompt": "p", "completion": "c"}\n')
     data = {

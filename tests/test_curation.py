@@ -5,7 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from lmmixup.rating import KnnBayesScorer, flag_inconsistent
+from lmmixup.method.curation import flag_inconsistent
+from lmmixup.method.knn_bayes import KnnBayesScorer
 
 
 def clustered_library(seed=0, per_cluster=40, dim=16):

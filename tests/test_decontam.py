@@ -8,14 +8,14 @@ import sys
 
 import pytest
 
-from lmmixup.decontam import (
+from lmmixup.errors import LmmixupError
+from lmmixup.stages.decontaminate import (
     decontaminate,
     find_contaminated,
     ngram_index,
     read_eval_texts,
     words,
 )
-from lmmixup.errors import LmmixupError
 
 QUESTION = (
     "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips "

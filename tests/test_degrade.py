@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lmmixup.degrade import (
+from lmmixup.mixture.degrade import (
     LLM_DAMAGE,
     OPERATORS,
     bare_answer,

@@ -11,7 +11,10 @@ from hypothesis import strategies as st
 from lmmixup.backends.base import Generation
 from lmmixup.backends.openai_chat import OpenAIChatModel
 from lmmixup.config import DistillConfig
-from lmmixup.distill import (
+from lmmixup.errors import LmmixupError
+from lmmixup.io.jsonl import read_records, write_records
+from lmmixup.runtime.runner import REJECT_KEY
+from lmmixup.stages.distill import (
     GENERATION_ERROR,
     TRUNCATION_MARKER,
     UNCLOSED_ANSWER,
@@ -27,9 +30,6 @@ from lmmixup.distill import (
     make_distill_fn,
     parse_output,
 )
-from lmmixup.errors import LmmixupError
-from lmmixup.io import read_records, write_records
-from lmmixup.runner import REJECT_KEY
 
 CFG = DistillConfig()
 
@@ -190,7 +190,7 @@ def test_copy_overlap_is_the_best_exact_ratio():
 def test_copy_overlap_pruning_keeps_the_exact_maximum(text, members):
     from difflib import SequenceMatcher
 
-    from lmmixup.distill import _words
+    from lmmixup.stages.distill import _words
 
     exact = [
         SequenceMatcher(None, _words(m), _words(text), autojunk=False).ratio() for m in members
@@ -449,7 +449,7 @@ def test_failed_generations_are_retried_on_the_next_run(tmp_path, monkeypatch):
 
 def test_tiny_llama_through_hf_backend(tmp_path, monkeypatch, tiny_llama):
     """A random 2-layer Llama with the real SmolLM2 tokenizer, through HFChatModel and the cache."""
-    from lmmixup.cache import CallCache
+    from lmmixup.io.cache import CallCache
 
     model_dir = tiny_llama
     cfg = DistillConfig.model_validate(

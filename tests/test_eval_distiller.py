@@ -10,9 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from lmmixup.backends.base import Generation
-from lmmixup.cache import CallCache
 from lmmixup.config import DistillConfig
-from lmmixup.distill import UNCLOSED_ANSWER, make_distill_fn
 from lmmixup.errors import LmmixupError
 from lmmixup.evaluation.distiller import (
     EvalDistillerConfig,
@@ -25,10 +23,12 @@ from lmmixup.evaluation.distiller import (
     record_entries,
     unique_specs,
 )
-from lmmixup.mixture import LexicalEmbedder
-from lmmixup.rating.knn_bayes import KnnBayesScorer, ScorerLibrary
-from lmmixup.rewards import RewardStats, format_score
-from lmmixup.runner import REJECT_KEY
+from lmmixup.io.cache import CallCache
+from lmmixup.method.knn_bayes import KnnBayesScorer, ScorerLibrary
+from lmmixup.mixture.build import LexicalEmbedder
+from lmmixup.rewards.functions import RewardStats, format_score
+from lmmixup.runtime.runner import REJECT_KEY
+from lmmixup.stages.distill import UNCLOSED_ANSWER, make_distill_fn
 from lmmixup.training.grpo import RewardSettings, build_reward_set
 
 RECORDS = [
@@ -200,7 +200,7 @@ def test_markdown_shows_missing_values_as_dashes(rewards):
 
 
 def test_eval_cli_reports_a_missing_test_file(tmp_path):
-    from lmmixup.commands.evaluate import eval_app
+    from lmmixup.cli.commands.evaluate import eval_app
 
     result = CliRunner().invoke(
         eval_app, ["distiller", "m", "--test", str(tmp_path / "none.jsonl"), "-o", str(tmp_path)]
@@ -219,7 +219,7 @@ def test_a_spent_judge_request_cap_stops_the_evaluation(tmp_path, monkeypatch):
 
         return judge, None
 
-    monkeypatch.setattr("lmmixup.rating.stage.load_judge_fn", capped_judge_fn)
+    monkeypatch.setattr("lmmixup.stages.rate.load_judge_fn", capped_judge_fn)
     judge = load_judge(EvalDistillerConfig(), CallCache(tmp_path / "calls.sqlite"))
     with pytest.raises(LmmixupError, match="max_requests=1 reached; .*re-run"):
         judge([{"id": "a", "prompt": "p", "completion": "c"}])

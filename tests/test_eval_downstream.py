@@ -12,11 +12,11 @@ import pytest
 from typer.testing import CliRunner
 
 from lmmixup import evalsuite
-from lmmixup.cli import app
+from lmmixup.cli.app import app
 from lmmixup.errors import LmmixupError
 from lmmixup.evaluation import downstream
 from lmmixup.evaluation.downstream import DownstreamConfig, evaluate_models, model_settings
-from lmmixup.sources import builtin_path
+from lmmixup.io.sources import builtin_path
 
 HELDOUT = [
     {"prompt": "What is two plus two?", "completion": "Two plus two is four."},

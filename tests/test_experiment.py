@@ -11,8 +11,8 @@ from test_pipeline import FakeLabServer, _config, _pool
 
 from lmmixup.errors import LmmixupError
 from lmmixup.evalsuite import GSM8K_EVAL_ROWS, gsm8k_rows
-from lmmixup.experiment import arm_slug, load_experiment_config, parse_arm, run_experiment
-from lmmixup.io import read_records, write_records
+from lmmixup.io.jsonl import read_records, write_records
+from lmmixup.workflows.experiment import arm_slug, load_experiment_config, parse_arm, run_experiment
 
 ARMS = ["random", "full", "low-only", "high-low-5:5", "mixup-5:5"]
 BUDGET = 8

@@ -75,7 +75,7 @@ def tokenizer(tiny_llama):
 @pytest.fixture(scope="module")
 def finetune_run(tiny_llama, train_file):
     """One step from the CLI with a checkpoint every step, then the same command with --max-steps 2."""
-    from lmmixup.commands.finetune import finetune_app
+    from lmmixup.cli.commands.finetune import finetune_app
 
     out = train_file / "run"
     config = train_file / "ft.yaml"

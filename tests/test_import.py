@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from lmmixup.config import ImportConfig
-from lmmixup.data_import import import_pool
-from lmmixup.io import read_records
+from lmmixup.io.jsonl import read_records
 from lmmixup.records import content_id
+from lmmixup.stages.import_pool import import_pool
 
 GOOD = {"prompt": "What is the capital of France?", "completion": "Paris is the capital of France."}
 

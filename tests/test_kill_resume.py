@@ -13,7 +13,7 @@ from dataclasses import replace
 
 from fake_openai_server import GOOD_JSON, FakeOpenAIServer, ok
 
-from lmmixup.io import read_records, write_records
+from lmmixup.io.jsonl import read_records, write_records
 
 GOOD_DISTILLATION = "<think>\nkeep both\n</think>\n<answer>\nQ: {q}\nA: {a}\n</answer>"
 

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from lmmixup.rating import (
+from lmmixup.method.knn_bayes import (
     KnnBayesScorer,
     ScorerFormatError,
     ScorerLibrary,
@@ -171,7 +171,7 @@ def test_ivf_search_agrees_with_exact_on_clustered_data():
 
 
 def test_auto_search_is_exact_for_small_libraries_and_ivf_for_large_ones():
-    from lmmixup.rating.knn_bayes import AUTO_IVF_MIN_ITEMS, resolve_search
+    from lmmixup.method.knn_bayes import AUTO_IVF_MIN_ITEMS, resolve_search
 
     assert resolve_search("auto", AUTO_IVF_MIN_ITEMS - 1) == "exact"
     assert resolve_search("auto", AUTO_IVF_MIN_ITEMS) == "ivf"

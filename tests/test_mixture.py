@@ -15,12 +15,11 @@ import pytest
 from typer.testing import CliRunner
 
 from lmmixup.backends.base import Generation
-from lmmixup.commands.mixture import mixture_app
+from lmmixup.cli.commands.mixture import mixture_app
 from lmmixup.config import ConfigError, DistillConfig, validate
-from lmmixup.degrade import LLM_OPERATOR, OPERATORS
-from lmmixup.distill import build_messages, is_well_formed, parse_output
-from lmmixup.io import read_records, write_records
-from lmmixup.mixture import (
+from lmmixup.io.jsonl import read_records, write_records
+from lmmixup.method.tasks import matches_task_pattern, task_parts
+from lmmixup.mixture.build import (
     SPLITS,
     MixtureConfig,
     Seed,
@@ -34,7 +33,8 @@ from lmmixup.mixture import (
     tfq_target,
     to_seed,
 )
-from lmmixup.tasks import matches_task_pattern, task_parts
+from lmmixup.mixture.degrade import LLM_OPERATOR, OPERATORS
+from lmmixup.stages.distill import build_messages, is_well_formed, parse_output
 
 NAMES = ["Tom", "Ana", "Lee", "Mia", "Sam", "Eva", "Bob", "Zoe"]
 THINGS = ["apples", "books", "stamps", "shells", "coins", "cards"]
@@ -150,8 +150,8 @@ def test_mcq_has_the_answer_exactly_once(i):
 def _real_gsm8k_seeds(count: int) -> list[Seed]:
     """The first rows of the bundled GSM8K test set as seeds (skips when it is not installed)."""
     from lmmixup.errors import LmmixupError
+    from lmmixup.io.sources import iter_source
     from lmmixup.records import normalise_row
-    from lmmixup.sources import iter_source
 
     try:
         _, lines = iter_source("gsm8k")

@@ -34,9 +34,9 @@ from lmmixup.backends.openai_chat import (
     load,
     read_api_key,
 )
-from lmmixup.cache import CallCache, call_key
 from lmmixup.config import BackendConfig
 from lmmixup.errors import ConfigError, LmmixupError
+from lmmixup.io.cache import CallCache, call_key
 
 KEY_ENV = "LMMIXUP_TEST_OPENAI_KEY"
 PARAMS = GenParams(max_new_tokens=32)
@@ -355,7 +355,7 @@ def test_replies_cached_before_stop_strings_were_told_apart(server, model, tmp_p
 @pytest.fixture
 def cli_logging(monkeypatch, caplog):
     """The CLI's logging set-up, undone after the test; root at INFO, as the CLI's default."""
-    from lmmixup import cli
+    from lmmixup.cli import app as cli
 
     monkeypatch.setitem(cli._state, "verbose", False)
     names = ["", *cli.QUIET_LOGGERS]

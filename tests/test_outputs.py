@@ -11,9 +11,9 @@ import sys
 
 import pytest
 
-from lmmixup import outputs
 from lmmixup.errors import LmmixupError
-from lmmixup.outputs import (
+from lmmixup.io import outputs
+from lmmixup.io.outputs import (
     OutputLockedError,
     check_outputs,
     claim_outputs,
@@ -23,7 +23,7 @@ from lmmixup.outputs import (
 
 HOLD = """
 import sys, time
-from lmmixup.outputs import output_lock
+from lmmixup.io.outputs import output_lock
 with output_lock(sys.argv[1]):
     print("held", flush=True)
     time.sleep(60)

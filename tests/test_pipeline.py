@@ -13,7 +13,7 @@ import zlib
 import pytest
 from fake_openai_server import FakeOpenAIServer, ok
 
-from lmmixup.io import read_records, write_records
+from lmmixup.io.jsonl import read_records, write_records
 
 TOPICS = [
     "python lists",

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from fake_openai_server import FakeOpenAIServer, last_user_content, ok
 
-from lmmixup.io import read_records, write_records
-from lmmixup.rating import build_rubric_messages
-from lmmixup.rating.judge import MAX_JUDGED_CHARS
-from lmmixup.rating.stage import chosen_for_judge
+from lmmixup.io.jsonl import read_records, write_records
+from lmmixup.method.rubric import build_rubric_messages
+from lmmixup.stages.judge import MAX_JUDGED_CHARS
+from lmmixup.stages.rate import chosen_for_judge
 
 SCENARIOS = {
     "json": 4,
@@ -294,8 +294,8 @@ def test_propagation_keeps_failed_judge_ratings_and_a_rerun_retries_exactly_them
 
 def test_a_propagation_run_inside_lmmixup_run_keeps_failed_ratings_too(tmp_path, monkeypatch):
     from lmmixup.config import RunConfig
-    from lmmixup.pipeline import STAGES
-    from lmmixup.runner import run_stage
+    from lmmixup.runtime.runner import run_stage
+    from lmmixup.workflows.pipeline import STAGES
 
     judged = [f"q{i}" for i in range(40) if chosen_for_judge(f"q{i}", 0.5, 0)]
     rows = _topic_rows(40, lambda i: "garbage" if i in judged[:3] else "json")

@@ -17,10 +17,10 @@ from types import SimpleNamespace
 import pytest
 
 from lmmixup.errors import LmmixupError
-from lmmixup.io import write_records
-from lmmixup.report import SECTIONS, build_report, write_report
-from lmmixup.report_svg import PALETTE, histogram, nice_ticks
-from lmmixup.runner import read_manifest, run_stage, write_manifest
+from lmmixup.io.jsonl import write_records
+from lmmixup.report.build import SECTIONS, build_report, write_report
+from lmmixup.report.svg import PALETTE, histogram, nice_ticks
+from lmmixup.runtime.runner import read_manifest, run_stage, write_manifest
 from lmmixup.training.common import StepLog
 
 LMMIXUP = [sys.executable, "-m", "lmmixup.cli"]
@@ -359,8 +359,8 @@ def test_report_command_writes_the_file(full_run, tmp_path):
 
 
 def test_run_pipeline_writes_the_report(tmp_path, monkeypatch):
-    from lmmixup import pipeline
     from lmmixup.config import RunConfig
+    from lmmixup.workflows import pipeline
 
     monkeypatch.setattr(pipeline, "STAGES", [])
     summary = pipeline.run_pipeline(RunConfig(), tmp_path / "run")

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lmmixup.rating import (
+from lmmixup.method.rubric import (
     Rating,
     build_rubric_logprob_prompt,
     build_rubric_messages,

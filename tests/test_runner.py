@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from lmmixup import io
 from lmmixup.errors import LmmixupError, StageMismatchError
 from lmmixup.hashing import hash_file
-from lmmixup.io import (
+from lmmixup.io import jsonl as io
+from lmmixup.io.jsonl import (
     AppendWriter,
     compact_done,
     read_records,
@@ -26,7 +26,7 @@ from lmmixup.io import (
     write_records,
     write_text_atomic,
 )
-from lmmixup.runner import (
+from lmmixup.runtime.runner import (
     REJECT_KEY,
     numbered,
     process_records,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lmmixup.selection import (
+from lmmixup.method.selection import (
     HIGH_SCORE,
     ShortfallError,
     ds2_like,
@@ -319,8 +319,8 @@ def test_ds2_like_takes_the_top_of_the_ranking():
 
 
 def test_long_tail_embeds_a_record_set_once(monkeypatch):
-    from lmmixup import select_stage
     from lmmixup.config import SelectConfig
+    from lmmixup.stages import select as select_stage
 
     class CountingEmbedder:
         calls = 0
@@ -381,9 +381,9 @@ def test_quality_bands_and_label_filter_follow_the_curated_score():
 
 def test_split_and_rerating_use_the_same_effective_score(tmp_path):
     from lmmixup.config import SplitConfig
-    from lmmixup.io import read_records, write_records
-    from lmmixup.rating.stage import keep_high
-    from lmmixup.split import split_records
+    from lmmixup.io.jsonl import read_records, write_records
+    from lmmixup.stages.rate import keep_high
+    from lmmixup.stages.split import split_records
 
     pool = _curated(_pool(60, seed=19))
     high, low, _ = split_records(pool, SplitConfig(threshold=HIGH_SCORE))
@@ -398,8 +398,8 @@ def test_split_and_rerating_use_the_same_effective_score(tmp_path):
 def test_select_refuses_files_without_ratings(tmp_path):
     from lmmixup.config import SelectConfig
     from lmmixup.errors import LmmixupError
-    from lmmixup.io import write_records
-    from lmmixup.select_stage import select_baseline, select_files
+    from lmmixup.io.jsonl import write_records
+    from lmmixup.stages.select import select_baseline, select_files
 
     pool = _pool(10, seed=20)
     write_records(tmp_path / "rated.jsonl", pool)

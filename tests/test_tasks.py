@@ -2,8 +2,8 @@
 
 import pytest
 
+from lmmixup.method.tasks import TASK_FORMATS, matches_task_pattern, task_format, task_parts
 from lmmixup.records import TASK_TYPES
-from lmmixup.tasks import TASK_FORMATS, matches_task_pattern, task_format, task_parts
 
 MCQ = "Q: Which planet is largest?\nA) Mars\nB) Jupiter\nC) Venus\nD) Earth\nAnswer: B"
 

@@ -15,9 +15,9 @@ from checkpoints import changed_weights
 from typer.testing import CliRunner
 
 from lmmixup.errors import LmmixupError
-from lmmixup.mixture import LexicalEmbedder, prompt_messages, target_text
-from lmmixup.rating.knn_bayes import KnnBayesScorer, ScorerLibrary
-from lmmixup.rewards import RewardStats, completion_text
+from lmmixup.method.knn_bayes import KnnBayesScorer, ScorerLibrary
+from lmmixup.mixture.build import LexicalEmbedder, prompt_messages, target_text
+from lmmixup.rewards.functions import RewardStats, completion_text
 from lmmixup.training.common import (
     FINAL_DIR,
     IGNORE_INDEX,
@@ -146,7 +146,7 @@ def sft_config(tiny_llama, mixture_dir, output_dir, **overrides) -> dict:
 @pytest.fixture(scope="module")
 def sft_run(tiny_llama, mixture_dir, tmp_path_factory):
     """One SFT step from the CLI with save_steps=1, then the same command with --max-steps 2."""
-    from lmmixup.commands.train import train_app
+    from lmmixup.cli.commands.train import train_app
 
     out = tmp_path_factory.mktemp("sft") / "run"
     config = out.parent / "sft.yaml"
@@ -348,10 +348,10 @@ def test_grpo_without_a_quality_library_is_a_clear_error(tmp_path):
 
 
 def test_example_recipe_configs_are_valid():
-    from lmmixup.commands.train import load_section
+    from lmmixup.cli.commands.train import load_section
     from lmmixup.config import load_config
     from lmmixup.evaluation.distiller import EvalDistillerConfig
-    from lmmixup.mixture import MixtureConfig
+    from lmmixup.mixture.build import MixtureConfig
 
     examples = Path(__file__).resolve().parents[1] / "examples"
     recipe = examples / "train_distiller.yaml"

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from lmmixup.backends.base import CachedGenerator, Generation, Generator, GenParams
-from lmmixup.cache import CallCache
 from lmmixup.config import BackendConfig
 from lmmixup.errors import LmmixupError
+from lmmixup.io.cache import CallCache
 
 
 def _load_hf(cfg: BackendConfig) -> Generator:

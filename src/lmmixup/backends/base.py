@@ -6,8 +6,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
-from lmmixup.cache import CallCache, call_key
 from lmmixup.errors import LmmixupError
+from lmmixup.io.cache import CallCache, call_key
 
 Messages = list[dict]
 

@@ -7,7 +7,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from lmmixup.assets import resolve_model
+from lmmixup.io.assets import resolve_model
 from lmmixup.progress import progress
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from lmmixup.assets import model_fingerprint, resolve_model
 from lmmixup.backends.base import Generation, GenParams, Messages, cut_at_stop
 from lmmixup.errors import LmmixupError
+from lmmixup.io.assets import model_fingerprint, resolve_model
 
 
 def pick_dtype(name: str):

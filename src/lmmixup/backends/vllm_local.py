@@ -8,9 +8,9 @@ string, from vLLM's `stop_reason`), eos or length. For a remote GPU, `vllm serve
 
 from __future__ import annotations
 
-from lmmixup.assets import model_fingerprint, resolve_model
 from lmmixup.backends.base import Generation, GenParams, Messages
 from lmmixup.errors import LmmixupError
+from lmmixup.io.assets import model_fingerprint, resolve_model
 
 INSTALL_HINT = (
     "backend 'vllm' needs the vllm package and a GPU: pip install 'lmmixup[vllm]'; "

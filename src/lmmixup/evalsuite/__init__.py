@@ -21,7 +21,7 @@ from functools import cache
 from pathlib import Path
 
 from lmmixup.errors import LmmixupError
-from lmmixup.io import iter_jsonl
+from lmmixup.io.jsonl import iter_jsonl
 
 SUITE_DIR = Path(__file__).resolve().parent
 GSM8K_TASK = "lmmixup_gsm8k"
@@ -47,7 +47,7 @@ def gsm8k_reserved_rows() -> range:
 
 @cache
 def _gsm8k_file_rows() -> dict[int, dict]:
-    from lmmixup.sources import builtin_path  # here: the importer may import this module
+    from lmmixup.io.sources import builtin_path  # here: the importer may import this module
 
     path = builtin_path("gsm8k")
     rows = {}

@@ -34,17 +34,17 @@ from typing import Any, Literal
 from pydantic import Field
 
 from lmmixup.backends.base import Generation
-from lmmixup.cache import CallCache
 from lmmixup.config import OPERATIONAL, BackendConfig, DistillConfig, Section
-from lmmixup.distill import answer_to_pair, closed_reply, distill_params, reply_format
 from lmmixup.errors import LmmixupError
-from lmmixup.io import write_records
-from lmmixup.mixture import prompt_messages
+from lmmixup.io.cache import CallCache
+from lmmixup.io.jsonl import write_records
+from lmmixup.io.validate import MIXTURE_RECORD, read_checked
+from lmmixup.mixture.build import prompt_messages
 from lmmixup.progress import progress
-from lmmixup.runner import BatchFn
+from lmmixup.runtime.runner import BatchFn
+from lmmixup.stages.distill import answer_to_pair, closed_reply, distill_params, reply_format
 from lmmixup.training.common import FINAL_DIR
 from lmmixup.training.grpo import COMPONENTS, RewardSet, RewardSettings, load_reward_set
-from lmmixup.validate import MIXTURE_RECORD, read_checked
 
 RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
@@ -301,8 +301,8 @@ def load_judge(cfg: EvalDistillerConfig, cache: CallCache) -> BatchFn:
     """The rating judge's batch function, as the rate stage builds it. A spent request cap
     (`judge.max_requests`) stops the evaluation rather than counting as failed ratings."""
     from lmmixup.config import RateConfig
-    from lmmixup.rating.judge import BudgetStop
-    from lmmixup.rating.stage import load_judge_fn
+    from lmmixup.stages.judge import BudgetStop
+    from lmmixup.stages.rate import load_judge_fn
 
     stop = BudgetStop()
     judge, _ = load_judge_fn(RateConfig(judge=cfg.judge, mode=cfg.judge_mode), cache, stop, 0)

@@ -38,12 +38,12 @@ from typing import Any, Literal
 from pydantic import Field
 
 from lmmixup import evalsuite
-from lmmixup.assets import model_fingerprint, resolve_model
 from lmmixup.config import OPERATIONAL, Section, result_config
 from lmmixup.errors import LmmixupError
 from lmmixup.hashing import hash_file, hash_value
+from lmmixup.io.assets import model_fingerprint, resolve_model
 from lmmixup.progress import progress
-from lmmixup.runner import read_manifest, write_manifest
+from lmmixup.runtime.runner import read_manifest, write_manifest
 
 RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"

@@ -21,9 +21,9 @@ from pydantic import Field
 
 from lmmixup.config import DEFAULT_LM, OPERATIONAL, Section
 from lmmixup.errors import LmmixupError
-from lmmixup.io import dumps, iter_jsonl, read_records
-from lmmixup.mixture import prompt_messages, target_text
-from lmmixup.runner import write_manifest
+from lmmixup.io.jsonl import dumps, iter_jsonl, read_records
+from lmmixup.mixture.build import prompt_messages, target_text
+from lmmixup.runtime.runner import write_manifest
 
 FINAL_DIR = "final"
 STEPS_FILE = "steps.jsonl"
@@ -226,7 +226,7 @@ def load_model_and_tokenizer(name: str):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from lmmixup.assets import resolve_model
+    from lmmixup.io.assets import resolve_model
 
     path = resolve_model(name)
     tokenizer = AutoTokenizer.from_pretrained(path)

@@ -15,7 +15,7 @@ raise `gradient_accumulation_steps` for the paper's effective batch).
 
 Lines of the training set that are not usable rows go to OUTPUT/rejects.jsonl with their file
 and line; with `decontaminate_against`, rows sharing an n-gram with those evaluation files
-(see `lmmixup.decontam`) are dropped before training and written there too.
+(see `lmmixup.stages.decontaminate`) are dropped before training and written there too.
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from lmmixup.decontam import DEFAULT_N, MIN_WORDS, decontaminate, read_eval_sets
 from lmmixup.errors import LmmixupError
-from lmmixup.io import iter_jsonl, reject_record, write_records
+from lmmixup.io.jsonl import iter_jsonl, reject_record, write_records
+from lmmixup.stages.decontaminate import DEFAULT_N, MIN_WORDS, decontaminate, read_eval_sets
 from lmmixup.training.common import (
     GROUP_BY_LENGTH,
     BaseTrainSettings,

@@ -1,6 +1,6 @@
 """Stage 8: GRPO of the distiller on MIXTURE `grpo_train.jsonl` with the three rewards.
 
-`R = w_q * quality + w_a * alignment + w_f * format` (SPEC stage 8; `lmmixup.rewards`). The
+`R = w_q * quality + w_a * alignment + w_f * format` (SPEC stage 8; `lmmixup.rewards.functions`). The
 components go to TRL's GRPOTrainer as three reward functions with `reward_weights`, so TRL
 sums them and logs each one's mean and std per step (`rewards/<name>_reward/mean|std`);
 the step log adds the wall time of the step and of the rewards (`reward_seconds`,
@@ -24,8 +24,8 @@ from pydantic import Field, field_validator, model_validator
 
 from lmmixup.config import DEFAULT_EMBEDDER, Section
 from lmmixup.errors import LmmixupError
-from lmmixup.rating.knn_bayes import ScorerLibrary
-from lmmixup.rewards import (
+from lmmixup.method.knn_bayes import ScorerLibrary
+from lmmixup.rewards.functions import (
     MIXUP_WEIGHTS,
     Completion,
     Embedder,
@@ -134,8 +134,8 @@ def build_reward_set(
 def load_reward_set(settings: RewardSettings, require_quality: bool) -> RewardSet:
     """The reward components with the configured library and embedders loaded."""
     from lmmixup.backends.embed import load_embedder
-    from lmmixup.rating.knn_bayes import ScorerFormatError, load_task_scorers
-    from lmmixup.rewards import library_embedder
+    from lmmixup.method.knn_bayes import ScorerFormatError, load_task_scorers
+    from lmmixup.rewards.functions import library_embedder
 
     library = quality_embedder = None
     if settings.quality_library is None:

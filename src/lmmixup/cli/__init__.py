@@ -1,0 +1,1 @@
+"""The command line: `lmmixup` (entry point `lmmixup.cli.app:main`)."""
