@@ -13,22 +13,16 @@ from lmmixup.backends.openai_chat import OpenAIChatModel
 from lmmixup.config import DistillConfig
 from lmmixup.errors import LmmixupError
 from lmmixup.io.jsonl import read_records, write_records
+from lmmixup.method.faithfulness import check_faithfulness, copy_overlap
+from lmmixup.method.prompt import TRUNCATION_MARKER, build_messages, linearise
+from lmmixup.method.reply import ParsedOutput, answer_to_pair, is_well_formed, parse_output
 from lmmixup.runtime.runner import REJECT_KEY
 from lmmixup.stages.distill import (
     GENERATION_ERROR,
-    TRUNCATION_MARKER,
     UNCLOSED_ANSWER,
-    ParsedOutput,
-    answer_to_pair,
-    build_messages,
-    check_faithfulness,
-    copy_overlap,
     distill_clusters,
-    is_well_formed,
-    linearise,
     load_members,
     make_distill_fn,
-    parse_output,
 )
 
 CFG = DistillConfig()
@@ -190,10 +184,10 @@ def test_copy_overlap_is_the_best_exact_ratio():
 def test_copy_overlap_pruning_keeps_the_exact_maximum(text, members):
     from difflib import SequenceMatcher
 
-    from lmmixup.stages.distill import _words
+    from lmmixup.method.faithfulness import word_tokens
 
     exact = [
-        SequenceMatcher(None, _words(m), _words(text), autojunk=False).ratio() for m in members
+        SequenceMatcher(None, word_tokens(m), word_tokens(text), autojunk=False).ratio() for m in members
     ]
     assert copy_overlap(text, members) == pytest.approx(max(exact, default=0.0))
 

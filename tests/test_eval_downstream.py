@@ -16,7 +16,7 @@ from lmmixup.cli.app import app
 from lmmixup.errors import LmmixupError
 from lmmixup.evaluation import downstream
 from lmmixup.evaluation.downstream import DownstreamConfig, evaluate_models, model_settings
-from lmmixup.io.sources import builtin_path
+from lmmixup.io.assets import builtin_path
 
 HELDOUT = [
     {"prompt": "What is two plus two?", "completion": "Two plus two is four."},

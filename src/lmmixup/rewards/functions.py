@@ -40,7 +40,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
@@ -58,8 +58,9 @@ from lmmixup.method.knn_bayes import (
     continuous_reward,
     load_task_scorers,
 )
+from lmmixup.method.reply import parse_output, reply_format
 from lmmixup.method.tasks import task_format
-from lmmixup.stages.distill import parse_output, reply_format
+from lmmixup.types import Embedder
 
 log = logging.getLogger(__name__)
 
@@ -74,12 +75,6 @@ STRUCTURE_CREDIT = PATTERN_CREDIT = 0.5
 
 Completion = str | Sequence[Mapping[str, Any]]
 RewardFn = Callable[..., list[float]]
-
-
-class Embedder(Protocol):
-    """Anything that turns texts into an (n, d) array of unit vectors."""
-
-    def encode(self, texts: list[str]) -> np.ndarray: ...
 
 
 class RewardError(RuntimeError):

@@ -17,13 +17,11 @@ to the members. Every cluster ends as one distilled record or one reject with it
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from difflib import SequenceMatcher
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
@@ -34,274 +32,21 @@ from lmmixup.errors import LmmixupError
 from lmmixup.io.cache import CallCache
 from lmmixup.io.jsonl import read_records
 from lmmixup.io.validate import CLUSTER_RECORD, POOL_RECORD, numbered_checked, read_checked
-from lmmixup.method.tasks import matches_task_pattern, task_format, task_parts
+from lmmixup.method.faithfulness import Faithfulness, check_faithfulness
+from lmmixup.method.prompt import build_messages
+from lmmixup.method.reply import (
+    ANSWER_CLOSE,
+    ANSWER_OPEN,
+    ParsedOutput,
+    ReplyFormat,
+    answer_to_pair,
+    reply_format,
+)
 from lmmixup.runtime.runner import REJECT_KEY, BatchFn, process_records
+from lmmixup.types import Embedder
 
-THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
-ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
-TRUNCATION_MARKER = " [...]"
 GENERATION_ERROR = "generation_error"
 UNCLOSED_ANSWER = "unclosed_answer"
-PARAGRAPH_PROMPT = "Continue this paragraph: {opening}"
-
-SYSTEM_PROMPT = (
-    "You merge a group of related examples into one better example. Keep all the essential "
-    "information of the group, drop repetition and mistakes, and make the result clear, "
-    "correct and complete.\n"
-    "Reply with exactly these two blocks and nothing outside them:\n"
-    "<think>\nshort notes on what to keep and how to combine it\n</think>\n"
-    "<answer>\nthe merged example, in the layout the user asks for\n</answer>"
-)
-# The layout comes last, right before the reply: a small model follows what it read last.
-USER_PROMPT = (
-    "Merge these {count} examples into a single coherent, high-quality example.\n\n{examples}"
-    "\n\nThe merged example is {description}. Write it in the <answer> block in this layout:\n"
-    "{layout}"
-)
-
-
-# ---------------------------------------------------------------------------- the prompt
-
-
-def _cut(text: str, limit: int) -> str:
-    """The text, or its first `limit` characters followed by the truncation marker."""
-    return text if len(text) <= limit else text[:limit].rstrip() + TRUNCATION_MARKER
-
-
-def _member_block(member: Mapping[str, Any], max_chars: int) -> str:
-    """One member as `Q: prompt` / `A: completion`, at most `max_chars` characters of content.
-
-    The prompt may use half the room, or more when the completion is short; the completion
-    gets the rest.
-    """
-    prompt, completion = member["prompt"].strip(), member["completion"].strip()
-    prompt_room = max(max_chars // 2, max_chars - len(completion))
-    completion_room = max_chars - min(len(prompt), prompt_room)
-    return f"Q: {_cut(prompt, prompt_room)}\nA: {_cut(completion, completion_room)}"
-
-
-def linearise(members: Sequence[Mapping[str, Any]], max_member_chars: int) -> str:
-    """The members as `Q:`/`A:` blocks separated by blank lines, each cut to `max_member_chars`."""
-    return "\n\n".join(_member_block(member, max_member_chars) for member in members)
-
-
-def build_messages(
-    members: Sequence[Mapping[str, Any]], task_type: str, cfg: DistillConfig
-) -> list[dict]:
-    """The chat messages asking the distiller to merge a cluster into one pair of `task_type`."""
-    task = task_format(task_type)
-    user = USER_PROMPT.format(
-        count=len(members),
-        examples=linearise(members, cfg.max_member_chars),
-        description=task.description,
-        layout=task.layout,
-    )
-    return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
-
-
-# ---------------------------------------------------------------------------- the reply
-
-
-@dataclass(frozen=True)
-class ParsedOutput:
-    """A distiller reply's first think block (None when absent) and first answer block."""
-
-    think: str | None
-    answer: str
-
-
-def _think_block(text: str) -> tuple[str | None, int]:
-    """The first closed think block that opens before any answer, and where it ends (else 0)."""
-    opened = text.find(THINK_OPEN)
-    answer = text.find(ANSWER_OPEN)
-    if opened < 0 or 0 <= answer < opened:
-        return None, 0
-    closed = text.find(THINK_CLOSE, opened)
-    if closed < 0:
-        return None, 0
-    return text[opened + len(THINK_OPEN) : closed].strip(), closed + len(THINK_CLOSE)
-
-
-def _answer_span(text: str) -> tuple[str | None, int, int]:
-    """The think block, where the first answer block's body starts and where it closes
-    (-1 when there is no `<answer>`, or no `</answer>` after it)."""
-    think, start = _think_block(text)
-    opened = text.find(ANSWER_OPEN, start)
-    if opened < 0:
-        return think, -1, -1
-    body = opened + len(ANSWER_OPEN)
-    return think, body, text.find(ANSWER_CLOSE, body)
-
-
-def parse_output(text: str) -> ParsedOutput | None:
-    """The think and answer blocks of a reply; None without a closed `<answer>` block.
-
-    The answer is the text between the first `<answer>` and the first `</answer>` after it;
-    anything after that is ignored. Tags written inside the think block do not count.
-    Both blocks are stripped of surrounding whitespace.
-    """
-    think, body, closed = _answer_span(text)
-    if closed < 0:
-        return None
-    return ParsedOutput(think, text[body:closed].strip())
-
-
-_BLOCK_BODY = r"(?:(?!</?(?:think|answer)>).)*"
-_WELL_FORMED = re.compile(
-    rf"\s*<think>{_BLOCK_BODY}</think>\s*<answer>{_BLOCK_BODY}</answer>\s*", re.DOTALL
-)
-
-
-def is_well_formed(text: str) -> bool:
-    """Whether the whole reply is one think block then one answer block, only whitespace around."""
-    return _WELL_FORMED.fullmatch(text) is not None
-
-
-@dataclass(frozen=True)
-class ReplyFormat:
-    """How a distiller reply is formed: the one reading `distill`, `eval distiller` and the
-    GRPO format reward share (see `reply_format`)."""
-
-    parsed: ParsedOutput | None
-    """The think block and the first closed answer block (`parse_output`); None without one."""
-    unclosed: bool
-    """An `<answer>` block opened and never closed: no answer, in every reading."""
-    well_formed: bool
-    """The whole reply is one think block then one answer block, only whitespace around."""
-    layout: bool
-    """The answer follows the task type's layout (paragraph: any non-blank text)."""
-
-    @property
-    def compliant(self) -> bool:
-        """Well formed, and the answer in the task's layout."""
-        return self.well_formed and self.layout
-
-
-def reply_format(text: str, task_type: str) -> ReplyFormat:
-    """How a reply's text is formed, for a task type: the one definition of a well-formed
-    distiller reply.
-
-    `text` is the reply as the model wrote it: from a backend, `closed_reply(generation)`
-    (the `</answer>` a stop string stood for put back; an answer the model left open at
-    end-of-sequence stays open); in GRPO, the completion, which has no stop strings.
-    """
-    think, body, closed = _answer_span(text)
-    parsed = None if closed < 0 else ParsedOutput(think, text[body:closed].strip())
-    return ReplyFormat(
-        parsed=parsed,
-        unclosed=body >= 0 and closed < 0,
-        well_formed=is_well_formed(text),
-        layout=parsed is not None and matches_task_pattern(parsed.answer, task_type),
-    )
-
-
-def _paragraph_pair(text: str) -> tuple[str, str] | None:
-    """A paragraph as (continue-this prompt with its first sentence, the rest); None if one sentence."""
-    parts = re.split(r"(?<=[.!?])\s+", text, maxsplit=1)
-    if len(parts) < 2:
-        return None
-    opening, rest = parts
-    return PARAGRAPH_PROMPT.format(opening=opening), rest
-
-
-def answer_to_pair(answer: str, task_type: str) -> tuple[str, str] | None:
-    """The (prompt, completion) pair an answer holds in its task type's layout; None if it lacks one.
-
-    qa: question / answer; mcq: question with its options / the text after `Answer:`;
-    tfq: the statement / `True` or `False` (with any explanation); cs: category / statement;
-    paragraph: "Continue this paragraph: <first sentence>" / the remaining sentences.
-    """
-    parts = task_parts(answer, task_type)
-    if parts is None:
-        return None
-    if task_type == "paragraph":
-        return _paragraph_pair(parts["text"])
-    return parts["prompt"], parts["completion"]
-
-
-# ---------------------------------------------------------------------------- faithfulness
-
-
-@dataclass(frozen=True)
-class Faithfulness:
-    """What the guard found: reasons to reject (empty when none) and the measured values."""
-
-    flags: tuple[str, ...]
-    member_similarity: float | None = None
-    copy_overlap: float | None = None
-
-    def as_dict(self) -> dict:
-        """The JSON form stored on records."""
-        return {
-            "flags": list(self.flags),
-            "member_similarity": _rounded(self.member_similarity),
-            "copy_overlap": _rounded(self.copy_overlap),
-        }
-
-
-def _rounded(value: float | None) -> float | None:
-    return None if value is None else round(value, 4)
-
-
-_WORD = re.compile(r"\w+|[^\w\s]")
-
-
-def _words(text: str) -> list[str]:
-    return _WORD.findall(text.lower())
-
-
-def copy_overlap(text: str, member_texts: Sequence[str]) -> float:
-    """The highest word-level similarity (difflib ratio, 0..1) between the text and one member.
-
-    The cheap upper bounds skip members that cannot beat the best so far, so the exact
-    (quadratic in the worst case) ratio is computed for few members.
-    """
-    matcher = SequenceMatcher(None, autojunk=False)
-    matcher.set_seq2(_words(text))
-    best = 0.0
-    for member in member_texts:
-        matcher.set_seq1(_words(member))
-        if matcher.real_quick_ratio() > best and matcher.quick_ratio() > best:
-            best = max(best, matcher.ratio())
-    return best
-
-
-def check_faithfulness(
-    distilled_text: str | None,
-    member_texts: Sequence[str],
-    *,
-    cfg: DistillConfig,
-    finish_reason: str = "stop",
-    text_vector: np.ndarray | None = None,
-    member_vectors: np.ndarray | None = None,
-) -> Faithfulness:
-    """Flags, in this order: truncated, empty, copy, drift (see the module doc).
-
-    `distilled_text` is the distilled pair as embedded (`prompt` newline `completion`), None
-    when there is none. Drift is checked only when unit vectors for the text and members are
-    given: the mean cosine to the members must reach `cfg.min_member_similarity`.
-    """
-    flags = ["truncated"] if finish_reason == "length" else []
-    if distilled_text is None or not distilled_text.strip():
-        return Faithfulness((*flags, "empty"))
-    overlap = copy_overlap(distilled_text, member_texts)
-    if overlap >= cfg.max_copy_overlap:
-        flags.append("copy")
-    similarity = None
-    if text_vector is not None and member_vectors is not None:
-        similarity = float(np.mean(member_vectors @ text_vector))
-        if similarity < cfg.min_member_similarity:
-            flags.append("drift")
-    return Faithfulness(tuple(flags), similarity, overlap)
-
-
-# ---------------------------------------------------------------------------- the stage
-
-
-class Embedder(Protocol):
-    """Anything that turns texts into an (n, d) array of unit vectors."""
-
-    def encode(self, texts: list[str]) -> np.ndarray: ...
 
 
 def distilled_id(cluster_id: Any) -> str:

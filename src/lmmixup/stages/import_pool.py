@@ -9,8 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lmmixup.config import ImportConfig, SourceSpec
+from lmmixup.evalsuite import gsm8k_reserved_rows
 from lmmixup.io.jsonl import reject_record, write_records
-from lmmixup.io.sources import default_source_name, iter_source, reserved_lines
+from lmmixup.io.sources import default_source_name, iter_source
 from lmmixup.progress import progress
 from lmmixup.records import BadRow, normalise_row
 
@@ -42,6 +43,14 @@ class ImportResult:
             "per_source": dict(self.per_source),
             "reject_reasons": dict(self.reject_reasons),
         }
+
+
+def reserved_lines(source: str) -> frozenset[int]:
+    """1-based lines of a built-in source that the offline evaluation suite uses: importing
+    them would put test questions into training sets, so the importer skips them."""
+    if source != "gsm8k":
+        return frozenset()
+    return frozenset(row + 1 for row in gsm8k_reserved_rows())
 
 
 def _length_ok(record: dict, cfg: ImportConfig) -> bool:

@@ -22,7 +22,7 @@ from pydantic import Field
 from lmmixup.config import DEFAULT_LM, OPERATIONAL, Section
 from lmmixup.errors import LmmixupError
 from lmmixup.io.jsonl import dumps, iter_jsonl, read_records
-from lmmixup.mixture.build import prompt_messages, target_text
+from lmmixup.method.prompt import prompt_messages, target_text
 from lmmixup.runtime.runner import write_manifest
 
 FINAL_DIR = "final"

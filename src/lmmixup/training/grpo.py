@@ -28,7 +28,6 @@ from lmmixup.method.knn_bayes import ScorerLibrary
 from lmmixup.rewards.functions import (
     MIXUP_WEIGHTS,
     Completion,
-    Embedder,
     RewardFn,
     RewardStats,
     make_alignment_reward,
@@ -49,6 +48,7 @@ from lmmixup.training.common import (
     step_logger,
     trainer_arguments,
 )
+from lmmixup.types import Embedder
 
 LORA_LEARNING_RATE = 1e-5
 FULL_LEARNING_RATE = 1e-6

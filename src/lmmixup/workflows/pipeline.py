@@ -14,9 +14,10 @@ from pathlib import Path
 
 from lmmixup.config import RunConfig, load_yaml, result_config, to_yaml, validate
 from lmmixup.errors import ConfigError, LmmixupError
+from lmmixup.io.assets import BUILTIN_SOURCES, builtin_path
 from lmmixup.io.jsonl import write_text_atomic
 from lmmixup.io.outputs import run_dir_lock
-from lmmixup.io.sources import BUILTIN_SOURCES, builtin_path, is_saved_dataset
+from lmmixup.io.sources import is_saved_dataset
 from lmmixup.runtime.runner import StageDir, StageResult, run_stage
 
 Outputs = dict[str, Path]
