@@ -16,8 +16,10 @@ from common import bundled_pool, machine_note
 from lmmixup.backends.embed import load_embedder, record_text
 from lmmixup.backends.hf import HFChatModel
 from lmmixup.config import ClusterConfig, DistillConfig
+from lmmixup.method.prompt import build_messages
+from lmmixup.method.reply import parse_output
 from lmmixup.stages.cluster import cluster_records
-from lmmixup.stages.distill import build_messages, closed_reply, distill_params, parse_output
+from lmmixup.stages.distill import closed_reply, distill_params
 
 
 def prompts_for(clusters: int, cfg: DistillConfig) -> list[list[dict]]:

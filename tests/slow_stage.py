@@ -7,7 +7,8 @@ import time
 from pathlib import Path
 
 from lmmixup.io.jsonl import write_records
-from lmmixup.runtime.runner import numbered, process_records, run_stage
+from lmmixup.runtime.executor import numbered, process_records
+from lmmixup.runtime.runner import run_stage
 
 
 def slow_double(batch: list[dict]) -> list[dict]:

@@ -233,3 +233,14 @@ def test_a_baseline_short_of_its_budget_stops_unless_allow_short(tmp_path):
     allowed = _run(*args, "--budget", "10", "--allow-short", cwd=tmp_path)
     assert allowed.returncode == 0, allowed.stderr
     assert len(read_records(tmp_path / "train.jsonl")) == 6
+
+
+def test_flags_become_overrides_after_set_and_only_when_given():
+    from lmmixup.cli.options import in_section, overrides
+
+    judge = in_section("judge", model="m", base_url=None)
+    assert overrides(["seed=1"], **judge, curate=False, limit=None) == [
+        "seed=1",
+        'judge.model="m"',
+        "curate=false",
+    ]

@@ -16,7 +16,7 @@ from lmmixup.io.jsonl import read_records, write_records
 from lmmixup.method.faithfulness import check_faithfulness, copy_overlap
 from lmmixup.method.prompt import TRUNCATION_MARKER, build_messages, linearise
 from lmmixup.method.reply import ParsedOutput, answer_to_pair, is_well_formed, parse_output
-from lmmixup.runtime.runner import REJECT_KEY
+from lmmixup.runtime.executor import REJECT_KEY
 from lmmixup.stages.distill import (
     GENERATION_ERROR,
     UNCLOSED_ANSWER,
@@ -187,7 +187,8 @@ def test_copy_overlap_pruning_keeps_the_exact_maximum(text, members):
     from lmmixup.method.faithfulness import word_tokens
 
     exact = [
-        SequenceMatcher(None, word_tokens(m), word_tokens(text), autojunk=False).ratio() for m in members
+        SequenceMatcher(None, word_tokens(m), word_tokens(text), autojunk=False).ratio()
+        for m in members
     ]
     assert copy_overlap(text, members) == pytest.approx(max(exact, default=0.0))
 

@@ -25,11 +25,10 @@ from lmmixup.evaluation.distiller import (
 )
 from lmmixup.io.cache import CallCache
 from lmmixup.method.knn_bayes import KnnBayesScorer, ScorerLibrary
-from lmmixup.mixture.build import LexicalEmbedder
-from lmmixup.rewards.functions import RewardStats, format_score
-from lmmixup.runtime.runner import REJECT_KEY
+from lmmixup.mixture import LexicalEmbedder
+from lmmixup.rewards import RewardSettings, RewardStats, build_reward_set, format_score
+from lmmixup.runtime.executor import REJECT_KEY
 from lmmixup.stages.distill import UNCLOSED_ANSWER, make_distill_fn
-from lmmixup.training.grpo import RewardSettings, build_reward_set
 
 RECORDS = [
     {
@@ -219,7 +218,7 @@ def test_a_spent_judge_request_cap_stops_the_evaluation(tmp_path, monkeypatch):
 
         return judge, None
 
-    monkeypatch.setattr("lmmixup.stages.rate.load_judge_fn", capped_judge_fn)
+    monkeypatch.setattr("lmmixup.stages.judge.load_judge_fn", capped_judge_fn)
     judge = load_judge(EvalDistillerConfig(), CallCache(tmp_path / "calls.sqlite"))
     with pytest.raises(LmmixupError, match="max_requests=1 reached; .*re-run"):
         judge([{"id": "a", "prompt": "p", "completion": "c"}])

@@ -12,7 +12,7 @@ from checkpoints import changed_weights
 from typer.testing import CliRunner
 
 from lmmixup.errors import LmmixupError
-from lmmixup.training.common import FINAL_DIR, IGNORE_INDEX, read_steps
+from lmmixup.training.examples import IGNORE_INDEX
 from lmmixup.training.finetune import (
     PLAIN_CHAT_TEMPLATE,
     FinetuneConfig,
@@ -22,6 +22,8 @@ from lmmixup.training.finetune import (
     finetune_example,
     read_training_set,
 )
+from lmmixup.training.steps import read_steps
+from lmmixup.training.trainer import FINAL_DIR
 
 EVAL_QUESTION = (
     "A robe takes 2 bolts of blue fiber and half that much white fiber. "

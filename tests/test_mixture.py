@@ -21,19 +21,12 @@ from lmmixup.io.jsonl import read_records, write_records
 from lmmixup.method.prompt import build_messages, prompt_messages, target_text
 from lmmixup.method.reply import is_well_formed, parse_output
 from lmmixup.method.tasks import matches_task_pattern, task_parts
-from lmmixup.mixture.build import (
-    SPLITS,
-    MixtureConfig,
-    Seed,
-    build_mixture,
-    distractors,
-    make_plans,
-    mcq_target,
-    split_labels,
-    tfq_target,
-    to_seed,
-)
+from lmmixup.mixture import SPLITS, MixtureConfig, build_mixture
 from lmmixup.mixture.degrade import LLM_OPERATOR, OPERATORS
+from lmmixup.mixture.plans import make_plans
+from lmmixup.mixture.seeds import Seed, to_seed
+from lmmixup.mixture.splits import split_labels
+from lmmixup.mixture.targets import distractors, mcq_target, tfq_target
 
 NAMES = ["Tom", "Ana", "Lee", "Mia", "Sam", "Eva", "Bob", "Zoe"]
 THINGS = ["apples", "books", "stamps", "shells", "coins", "cards"]

@@ -161,7 +161,7 @@ def test_quiet_turns_off_the_model_loading_bars(tiny_llama, quiet):
 def test_stop_criteria_fire_on_new_text_only(tiny_llama):
     import torch
 
-    from lmmixup.backends.hf import _stop_criteria
+    from lmmixup.backends.hf import stop_criteria
 
     model = HFChatModel(str(tiny_llama), dtype="float32")
     encode = partial(model.tokenizer.encode, add_special_tokens=False)
@@ -170,7 +170,7 @@ def test_stop_criteria_fire_on_new_text_only(tiny_llama):
     width = max(map(len, rows))
     pad = model.tokenizer.pad_token_id
     ids = torch.tensor([row + [pad] * (width - len(row)) for row in rows])
-    (criteria,) = _stop_criteria(model.tokenizer, ("</answer>", "\n\nQ:"), len(prompt))
+    (criteria,) = stop_criteria(model.tokenizer, ("</answer>", "\n\nQ:"), len(prompt))
     assert criteria(ids, None).tolist() == [True, False]
     assert criteria(torch.tensor([prompt]), None).tolist() == [False]
-    assert _stop_criteria(model.tokenizer, (), len(prompt)) == []
+    assert stop_criteria(model.tokenizer, (), len(prompt)) == []

@@ -18,10 +18,11 @@ import pytest
 
 from lmmixup.errors import LmmixupError
 from lmmixup.io.jsonl import write_records
-from lmmixup.report.build import SECTIONS, build_report, write_report
+from lmmixup.report import SECTIONS, build_report, write_report
 from lmmixup.report.svg import PALETTE, histogram, nice_ticks
-from lmmixup.runtime.runner import read_manifest, run_stage, write_manifest
-from lmmixup.training.common import StepLog
+from lmmixup.runtime.manifest import read_manifest, write_manifest
+from lmmixup.runtime.runner import run_stage
+from lmmixup.training.steps import StepLog
 
 LMMIXUP = [sys.executable, "-m", "lmmixup.cli"]
 HOSTILE = '<script>console.log("x")</script><img src="https://evil.example/x.png"> & "quotes"'
@@ -281,7 +282,38 @@ def test_every_section_is_filled_from_a_full_run(full_run):
 def test_data_text_is_escaped(full_run):
     html = build_report(full_run)
     assert '<script>console.log("x")' not in html and 'evil.example/x.png">' not in html
-    assert "&lt;script&gt;console.log(&quot;x&quot;)&lt;/script&gt;" in html
+    assert "&lt;script&gt;console.log(&#34;x&#34;)&lt;/script&gt;" in html
+
+
+def test_hostile_text_is_escaped_wherever_it_is_shown(tmp_path):
+    """Ids, sources, reasons, checks, notes, arms, tasks and the config all stay text."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text(f"note: '{HOSTILE}'\n")
+    pool = [
+        {**r, "id": f"{HOSTILE}{r['id']}", "source": HOSTILE, "rating": _rating(1)}
+        for r in _pool()[:4]
+    ]
+    _stage(run_dir, "import", {"pool.jsonl": pool, "rejects.jsonl": [{"reason": HOSTILE}]}, {})
+    _stage(run_dir, "split", {"low.jsonl": pool}, {"rule": HOSTILE, HOSTILE: 4})
+    cluster = {"cluster_id": HOSTILE, "source": HOSTILE, "member_ids": [r["id"] for r in pool]}
+    _stage(run_dir, "cluster", {"clusters.jsonl": [cluster]}, {})
+    raw = {"cluster_id": HOSTILE, "raw_output": HOSTILE, "checks": {HOSTILE: HOSTILE}}
+    _stage(run_dir, "distill", {"rejects.jsonl": [{"reason": HOSTILE, "raw": raw}]}, {})
+    train = [{"id": "d0", "prompt": HOSTILE, "source": HOSTILE, "origin": HOSTILE}]
+    _stage(run_dir, "select", {"train.jsonl": train}, {"method": HOSTILE, "notes": [HOSTILE]})
+    (run_dir / "experiment").mkdir()
+    (run_dir / "experiment" / "results.json").write_text(
+        json.dumps({"tasks": [HOSTILE], "rows": [{"arm": HOSTILE, "values": {HOSTILE: 0.5}}]})
+    )
+
+    html = build_report(run_dir)
+    assert_self_contained(html)
+    assert html.count("<script") == 1  # the page's own
+    assert "<img" not in html
+    for key in ("stages", "scores", "samples", "rejects", "selection", "experiment"):
+        assert "&lt;script&gt;console.log(" in _section(html, key), key
+    assert html.count("&lt;script&gt;console.log(") >= 20
 
 
 def test_an_interrupted_run_still_reports(tmp_path):

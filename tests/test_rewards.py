@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from lmmixup.errors import LmmixupError
 from lmmixup.method.knn_bayes import KnnBayesScorer, ScorerLibrary, load_task_scorers
 from lmmixup.records import TASK_TYPES
-from lmmixup.rewards.functions import (
+from lmmixup.rewards import (
     LIBRARY_ENV,
     RewardError,
     RewardStats,
@@ -218,7 +218,7 @@ def test_embedder_failure_is_counted_logged_and_raised(embedder, caplog):
     alignment = make_alignment_reward(embedder, stats=stats)
     fmt = make_format_reward(stats)
     mixup = make_mixup_reward(fmt, alignment, fmt, stats=stats)
-    with caplog.at_level(logging.ERROR, "lmmixup.rewards.functions"), pytest.raises(RewardError):
+    with caplog.at_level(logging.ERROR, "lmmixup.rewards"), pytest.raises(RewardError):
         mixup([PERFECT], reference=["a different text"])
     assert stats.component("alignment").failures == 1
     assert stats.component("mixup").failures == 1
@@ -234,7 +234,7 @@ def test_embedder_mismatch_is_warned(library, caplog):
     named = ScorerLibrary(
         {"default": KnnBayesScorer.fit(np.eye(16)[:4], [0, 1, 2, 3], embedder="mini")}
     )
-    with caplog.at_level(logging.WARNING, "lmmixup.rewards.functions"):
+    with caplog.at_level(logging.WARNING, "lmmixup.rewards"):
         make_quality_reward(named, embedder, stats=RewardStats())
     assert "built with embedder 'mini', scoring with 'other-model'" in caplog.text
 
@@ -363,7 +363,7 @@ def test_build_library_command_with_minilm(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
     from lmmixup.cli.commands.rewards import rewards_app
-    from lmmixup.rewards.functions import alignment_reward, mixup_reward
+    from lmmixup.rewards import alignment_reward, mixup_reward
 
     rated, out = tmp_path / "rated.jsonl", tmp_path / "lib"
     _rated_file(rated)

@@ -26,14 +26,8 @@ from lmmixup.io.jsonl import (
     write_records,
     write_text_atomic,
 )
-from lmmixup.runtime.runner import (
-    REJECT_KEY,
-    numbered,
-    process_records,
-    run_file_stage,
-    run_stage,
-    stage_is_current,
-)
+from lmmixup.runtime.executor import REJECT_KEY, numbered, process_records
+from lmmixup.runtime.runner import run_file_stage, run_stage, stage_is_current
 
 HERE = Path(__file__).parent
 

@@ -17,27 +17,21 @@ from typer.testing import CliRunner
 from lmmixup.errors import LmmixupError
 from lmmixup.method.knn_bayes import KnnBayesScorer, ScorerLibrary
 from lmmixup.method.prompt import prompt_messages, target_text
-from lmmixup.mixture.build import LexicalEmbedder
-from lmmixup.rewards.functions import RewardStats, completion_text
-from lmmixup.training.common import (
-    FINAL_DIR,
-    IGNORE_INDEX,
-    StepLog,
-    compact_lm_head_on_cpu,
-    prompt_ids,
-    read_steps,
-    sft_example,
-)
-from lmmixup.training.grpo import (
+from lmmixup.mixture import LexicalEmbedder
+from lmmixup.rewards import (
     COMPONENTS,
-    GRPOTrainConfig,
     RewardSet,
     RewardSettings,
+    RewardStats,
     build_reward_set,
+    completion_text,
     load_reward_set,
-    train_grpo,
 )
+from lmmixup.training.examples import IGNORE_INDEX, prompt_ids, sft_example
+from lmmixup.training.grpo import GRPOTrainConfig, train_grpo
 from lmmixup.training.sft import SFTTrainConfig, build_sft_trainer
+from lmmixup.training.steps import StepLog, read_steps
+from lmmixup.training.trainer import FINAL_DIR, compact_lm_head_on_cpu
 
 TASKS = ["qa", "tfq", "qa", "paragraph"]
 
@@ -349,10 +343,10 @@ def test_grpo_without_a_quality_library_is_a_clear_error(tmp_path):
 
 
 def test_example_recipe_configs_are_valid():
-    from lmmixup.cli.commands.train import load_section
+    from lmmixup.cli.options import load_section
     from lmmixup.config import load_config
     from lmmixup.evaluation.distiller import EvalDistillerConfig
-    from lmmixup.mixture.build import MixtureConfig
+    from lmmixup.mixture import MixtureConfig
 
     examples = Path(__file__).resolve().parents[1] / "examples"
     recipe = examples / "train_distiller.yaml"

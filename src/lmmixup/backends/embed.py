@@ -11,8 +11,10 @@ from lmmixup.io.assets import resolve_model
 from lmmixup.progress import progress
 
 
-class Embedder:
+class SentenceEmbedder:
     """Wraps a SentenceTransformer; `encode` returns an (n, d) float32 array of unit vectors.
+
+    Implements the :class:`lmmixup.types.Embedder` protocol.
 
     Small calls remember their texts (the last `memory` of them), so rewards that embed the
     same completions one after another (quality, then alignment) pay once.
@@ -67,9 +69,9 @@ class Embedder:
 
 
 @lru_cache(maxsize=4)
-def load_embedder(name: str) -> Embedder:
+def load_embedder(name: str) -> SentenceEmbedder:
     """One embedder per model name per process (loading takes seconds)."""
-    return Embedder(name)
+    return SentenceEmbedder(name)
 
 
 def record_text(record: dict) -> str:

@@ -97,7 +97,7 @@ class HFChatModel:
                     top_p=params.top_p if sampling else None,
                     top_k=None,
                     repetition_penalty=params.repetition_penalty,
-                    stopping_criteria=_stop_criteria(
+                    stopping_criteria=stop_criteria(
                         self.tokenizer, params.stop, inputs["input_ids"].shape[1]
                     ),
                     pad_token_id=self.tokenizer.pad_token_id,
@@ -202,7 +202,7 @@ class HFChatModel:
 _MIN_SHARED_PREFIX = 16
 
 
-def _stop_criteria(tokenizer, stops: tuple[str, ...], prompt_length: int) -> list:
+def stop_criteria(tokenizer, stops: tuple[str, ...], prompt_length: int) -> list:
     """Stop a row once its new text contains a stop string.
 
     transformers' own `stop_strings` precomputes tables over the whole vocabulary on every

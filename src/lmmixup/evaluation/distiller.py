@@ -42,10 +42,10 @@ from lmmixup.io.validate import MIXTURE_RECORD, read_checked
 from lmmixup.method.prompt import prompt_messages
 from lmmixup.method.reply import answer_to_pair, reply_format
 from lmmixup.progress import progress
-from lmmixup.runtime.runner import BatchFn
+from lmmixup.rewards.config import COMPONENTS, RewardSet, RewardSettings, load_reward_set
+from lmmixup.runtime.executor import BatchFn
 from lmmixup.stages.distill import closed_reply, distill_params
-from lmmixup.training.common import FINAL_DIR
-from lmmixup.training.grpo import COMPONENTS, RewardSet, RewardSettings, load_reward_set
+from lmmixup.training.trainer import FINAL_DIR
 
 RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
@@ -299,19 +299,21 @@ def markdown_table(results: dict[str, Any]) -> str:
 
 
 def load_judge(cfg: EvalDistillerConfig, cache: CallCache) -> BatchFn:
-    """The rating judge's batch function, as the rate stage builds it. A spent request cap
-    (`judge.max_requests`) stops the evaluation rather than counting as failed ratings."""
+    """The rating judge's batch function: the rate stage's `JudgeStage`, opened here. A spent
+    request cap (`judge.max_requests`) stops the evaluation rather than counting as failed
+    ratings."""
     from lmmixup.config import RateConfig
-    from lmmixup.stages.judge import BudgetStop
-    from lmmixup.stages.rate import load_judge_fn
+    from lmmixup.stages.judge import JudgeStage
 
-    stop = BudgetStop()
-    judge, _ = load_judge_fn(RateConfig(judge=cfg.judge, mode=cfg.judge_mode), cache, stop, 0)
+    stage = JudgeStage(RateConfig(judge=cfg.judge, mode=cfg.judge_mode), cache.path)
+    stage.open()
 
     def judge_or_stop(batch: list[dict]) -> list[dict]:
-        rated = judge(batch)
-        if stop.reason:
-            raise LmmixupError(f"{stop.reason}; the judge's replies are cached: re-run to continue")
+        rated = stage.process(batch)
+        if stage.should_stop():
+            raise LmmixupError(
+                f"{stage.stop_reason}; the judge's replies are cached: re-run to continue"
+            )
         return rated
 
     return judge_or_stop

@@ -43,7 +43,7 @@ from lmmixup.errors import LmmixupError
 from lmmixup.hashing import hash_file, hash_value
 from lmmixup.io.assets import model_fingerprint, resolve_model
 from lmmixup.progress import progress
-from lmmixup.runtime.runner import read_manifest, write_manifest
+from lmmixup.runtime.manifest import read_manifest, write_manifest
 
 RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"

@@ -83,6 +83,12 @@ class CallCache:
     def stats(self) -> dict:
         return {"hits": self.hits, "misses": self.misses, "path": str(self.path)}
 
+    def count_use(self, stats: dict) -> None:
+        """Add the hits and misses of another handle's `stats()` to this one's (e.g. those of
+        the handle a stage opened on the same file in the process that ran it)."""
+        self.hits += stats["hits"]
+        self.misses += stats["misses"]
+
     def close(self) -> None:
         with self._lock:
             self._db.close()

@@ -27,6 +27,9 @@ import faiss
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from lmmixup.method.cluster_sizes import check_sizes, draw_cluster_sizes, spread_units
+from lmmixup.method.knn import CosineIndex, as_matrix, cosine_top_k, top_k_columns
+
 DEFAULT_CANDIDATES = 32
 """Candidate centres kept per point before the fallback search is needed."""
 
@@ -41,128 +44,6 @@ _PROBES = 6
 _WALK_CHUNK = 4096
 
 T = TypeVar("T")
-
-
-# ---------------------------------------------------------------------------------------
-# cluster sizes
-
-
-def draw_cluster_sizes(
-    n: int,
-    *,
-    min_size: int = 2,
-    max_size: int = 25,
-    mean_size: float = 10.0,
-    std_size: float = 3.0,
-    seed: int = 0,
-) -> np.ndarray:
-    """Draw cluster sizes in ``[min_size, max_size]`` that sum to exactly ``n``.
-
-    Sizes are ``round(Normal(mean_size, std_size))`` clipped to the bounds, drawn until
-    their running sum reaches ``n``. The last size is trimmed by the excess. If the trim
-    leaves it below ``min_size`` it is dropped and its samples are spread one by one over
-    other clusters with room; when dropping it would leave too few clusters to hold ``n``,
-    it is raised to ``min_size`` and the surplus is taken one by one from clusters above
-    ``min_size`` instead. The clusters that give or take are chosen in a seeded random
-    order, so the drawn distribution is kept as far as possible.
-
-    Special cases (no sample is ever lost):
-
-    - ``n == 0`` gives no clusters (an empty array).
-    - ``1 <= n < min_size`` gives a single cluster of ``n``, the one size below ``min_size``.
-    - ``n`` that no number of clusters in ``[min_size, max_size]`` can sum to (for example
-      ``n = 6`` with sizes in ``[4, 5]``) raises ``ValueError``.
-
-    Deterministic for a given ``seed``.
-    """
-    _check_size_params(n, min_size, max_size, std_size)
-    if n == 0:
-        return np.zeros(0, dtype=np.int64)
-    if n < min_size:
-        return np.array([n], dtype=np.int64)
-    fewest = -(-n // max_size)
-    if fewest * min_size > n:
-        raise ValueError(
-            f"{n} samples cannot be split into clusters of {min_size}..{max_size}: "
-            f"{fewest} clusters hold at least {fewest * min_size}, {fewest - 1} at most "
-            f"{(fewest - 1) * max_size}; widen the size range"
-        )
-    rng = np.random.default_rng(seed)
-    sizes = _draw_until(n, rng, min_size, max_size, mean_size, std_size)
-    sizes[-1] -= int(sizes.sum()) - n
-    if sizes[-1] < min_size:
-        if len(sizes) - 1 >= fewest:
-            sizes = sizes[:-1]
-        else:
-            sizes[-1] = min_size
-    _spread(sizes, n - int(sizes.sum()), min_size, max_size, rng.permutation(len(sizes)))
-    return sizes
-
-
-def _check_size_params(n: int, min_size: int, max_size: int, std_size: float) -> None:
-    """Reject size parameters that make no sense."""
-    if n < 0:
-        raise ValueError(f"n must be >= 0, got {n}")
-    if min_size < 1:
-        raise ValueError(f"min_size must be >= 1, got {min_size}")
-    if max_size < min_size:
-        raise ValueError(f"max_size ({max_size}) must be >= min_size ({min_size})")
-    if not std_size >= 0:
-        raise ValueError(f"std_size must be >= 0, got {std_size}")
-
-
-def _draw_until(
-    n: int,
-    rng: np.random.Generator,
-    min_size: int,
-    max_size: int,
-    mean_size: float,
-    std_size: float,
-) -> np.ndarray:
-    """Draw clipped rounded normal sizes; return the shortest prefix whose sum is >= n."""
-    batch = n // min_size + 1  # enough: every clipped size is at least min_size
-    raw = rng.normal(mean_size, std_size, size=batch)
-    sizes = np.clip(np.rint(raw), min_size, max_size).astype(np.int64)
-    count = int(np.searchsorted(np.cumsum(sizes), n)) + 1
-    return sizes[:count].copy()
-
-
-def _spread(
-    sizes: np.ndarray,
-    diff: int,
-    lo: int | np.ndarray,
-    hi: int | np.ndarray,
-    preference: np.ndarray,
-) -> None:
-    """Add ``diff`` (or remove ``-diff``) one unit at a time, keeping sizes in ``[lo, hi]``.
-
-    Each pass gives (takes) one unit to (from) every eligible entry in ``preference``
-    order until the difference is used up. The caller guarantees enough room or slack.
-    """
-    lo = np.broadcast_to(lo, sizes.shape)[preference]
-    hi = np.broadcast_to(hi, sizes.shape)[preference]
-    step = 1 if diff > 0 else -1
-    while diff:
-        current = sizes[preference]
-        eligible = current < hi if step > 0 else current > lo
-        chosen = preference[eligible][: abs(diff)]
-        if len(chosen) == 0:
-            raise AssertionError("no room left to spread the size difference")
-        sizes[chosen] += step
-        diff -= step * len(chosen)
-
-
-def _check_sizes(sizes: Sequence[int] | np.ndarray, n: int) -> np.ndarray:
-    """Validate caller-given cluster sizes: positive integers summing to ``n``."""
-    arr = np.asarray(sizes)
-    if arr.ndim != 1 or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
-        raise ValueError("sizes must be a 1-D sequence of integers")
-    arr = arr.astype(np.int64)
-    if arr.size and arr.min() < 1:
-        raise ValueError("every cluster size must be >= 1")
-    if int(arr.sum()) != n:
-        raise ValueError(f"sizes sum to {int(arr.sum())}, but there are {n} points")
-    return arr
 
 
 # ---------------------------------------------------------------------------------------
@@ -185,7 +66,7 @@ def cluster_embeddings(
     occurs exactly ``sizes[j]`` times. Sizes come from :func:`draw_cluster_sizes` unless
     ``sizes`` is given. Deterministic for a given ``seed``.
     """
-    X = _as_matrix(X)
+    X = as_matrix(X)
     n = X.shape[0]
     if sizes is None:
         sizes = draw_cluster_sizes(
@@ -196,13 +77,13 @@ def cluster_embeddings(
             std_size=std_size,
             seed=seed,
         )
-    sizes = _check_sizes(sizes, n)
+    sizes = check_sizes(sizes, n)
     k = len(sizes)
     if k <= 1:
         return np.zeros(n, dtype=np.int64)
     if n * k <= _FLAT_LIMIT:
         centres = spherical_kmeans(X, k, seed=seed)
-        sims, cands = _exact_candidates(X, centres, DEFAULT_CANDIDATES)
+        sims, cands = cosine_top_k(X, centres, DEFAULT_CANDIDATES)
     else:
         centres, sims, cands = _two_level(X, k, seed, DEFAULT_CANDIDATES)
     return _greedy_fill(X, centres, sizes, cands, sims[:, 0])
@@ -222,14 +103,14 @@ def assign_to_centres(
     similarity, each to its most similar centre with room) up to ties, for any
     ``n_candidates >= 1``; a small value only makes the fallback search run more often.
     """
-    X = _as_matrix(X)
-    centres = _as_matrix(centres)
-    sizes = _check_sizes(sizes, X.shape[0])
+    X = as_matrix(X)
+    centres = as_matrix(centres)
+    sizes = check_sizes(sizes, X.shape[0])
     if len(sizes) != centres.shape[0]:
         raise ValueError(f"{len(sizes)} sizes for {centres.shape[0]} centres")
     if n_candidates < 1:
         raise ValueError("n_candidates must be >= 1")
-    sims, cands = _exact_candidates(X, centres, n_candidates)
+    sims, cands = cosine_top_k(X, centres, n_candidates)
     return _greedy_fill(X, centres, sizes, cands, sims[:, 0])
 
 
@@ -246,7 +127,7 @@ def spherical_kmeans(
     Trains on a random sample of at most ``max_points_per_centre * k`` rows, starting from
     k-means++-style seeds (:func:`_seed_centres`); Lloyd iterations run in faiss.
     """
-    X = _as_matrix(X)
+    X = as_matrix(X)
     n, d = X.shape
     if not 1 <= k <= n:
         raise ValueError(f"k must be in 1..{n}, got {k}")
@@ -314,7 +195,7 @@ def cohesion(X: np.ndarray, labels: np.ndarray) -> np.ndarray:
     Entry ``j`` is for label ``j`` (labels are ``0..labels.max()``); an unused label gives
     NaN. For unit rows this equals ``|sum of members| / count``.
     """
-    X = _as_matrix(X)
+    X = as_matrix(X)
     labels = np.asarray(labels, dtype=np.int64)
     if labels.shape != (X.shape[0],):
         raise ValueError("labels must have one entry per row of X")
@@ -341,7 +222,7 @@ def cluster_by_group(X: np.ndarray, groups: Sequence[Hashable], **kwargs: Any) -
     """
     if "sizes" in kwargs:
         raise TypeError("cluster_by_group draws sizes per group; 'sizes' is not accepted")
-    X = _as_matrix(X)
+    X = as_matrix(X)
     keys = np.asarray(groups, dtype=object)
     if keys.shape != (X.shape[0],):
         raise ValueError("groups must have one entry per row of X")
@@ -362,27 +243,11 @@ def cluster_by_group(X: np.ndarray, groups: Sequence[Hashable], **kwargs: Any) -
 # centres and candidates
 
 
-def _as_matrix(X: np.ndarray) -> np.ndarray:
-    """Return ``X`` as a C-contiguous float32 2-D array (no copy when already one)."""
-    X = np.ascontiguousarray(X, dtype=np.float32)
-    if X.ndim != 2:
-        raise ValueError(f"expected a 2-D array, got shape {X.shape}")
-    return X
-
-
 def _normalise(V: np.ndarray) -> np.ndarray:
     """Scale rows to unit length (all-zero rows stay zero)."""
     V = np.ascontiguousarray(V, dtype=np.float32)
     norms = np.linalg.norm(V, axis=1, keepdims=True)
     return V / np.where(norms > 0, norms, 1.0)
-
-
-def _exact_candidates(X: np.ndarray, centres: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-``m`` centres per row, most similar first: (similarities, centre ids)."""
-    index = faiss.IndexFlatIP(centres.shape[1])
-    index.add(centres)
-    sims, ids = index.search(X, min(m, centres.shape[0]))
-    return sims, ids.astype(np.int64)
 
 
 def _two_level(
@@ -401,7 +266,7 @@ def _two_level(
     coarse = spherical_kmeans(
         X, n_cells, seed=seed, niter=_COARSE_ITERS, max_points_per_centre=_COARSE_SAMPLE
     )
-    _, probes = _exact_candidates(X, coarse, _PROBES)
+    _, probes = cosine_top_k(X, coarse, _PROBES)
     members = _group_rows(probes[:, 0], n_cells)
     shares = _apportion(k, np.array([len(rows) for rows in members]))
     centres = _fit_cells(X, members, shares, seed)
@@ -438,7 +303,7 @@ def _probe_candidates(
     def search(cell: int) -> None:
         lo, hi, slots = bounds[cell], bounds[cell + 1], slots_of[cell]
         if hi > lo and len(slots):
-            sims, local = _top_m(X[slots % n] @ centres[lo:hi].T, m)
+            sims, local = top_k_columns(X[slots % n] @ centres[lo:hi].T, m)
             part_sims[slots, : sims.shape[1]] = sims
             part_ids[slots, : sims.shape[1]] = local + lo
 
@@ -466,15 +331,6 @@ def _map_cells(work: Callable[[int], T], n_cells: int) -> list[T]:
         return list(pool.map(run, range(n_cells)))
 
 
-def _top_m(S: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
-    """Largest ``min(m, S.shape[1])`` entries of each row, descending: (values, columns)."""
-    m = min(m, S.shape[1])
-    part = np.argpartition(S, S.shape[1] - m, axis=1)[:, -m:]
-    top = np.take_along_axis(S, part, axis=1)
-    order = np.argsort(-top, axis=1, kind="stable")
-    return np.take_along_axis(top, order, axis=1), np.take_along_axis(part, order, axis=1)
-
-
 def _group_rows(keys: np.ndarray, n_keys: int) -> list[np.ndarray]:
     """Row indices for each key ``0..n_keys-1`` (ascending within a key)."""
     order = np.argsort(keys, kind="stable")
@@ -493,7 +349,7 @@ def _apportion(total: int, weights: np.ndarray) -> np.ndarray:
     shares = np.clip(np.floor(exact).astype(np.int64), lo, weights)
     diff = total - int(shares.sum())
     preference = np.argsort((shares - exact) * np.sign(diff), kind="stable")
-    _spread(shares, diff, lo, weights, preference)
+    spread_units(shares, diff, lo, weights, preference)
     return shares
 
 
@@ -558,7 +414,7 @@ class _OpenCentres:
         self._centres = centres
         self._width = width
         self._ids = np.zeros(0, dtype=np.int64)
-        self._index = faiss.IndexFlatIP(centres.shape[1])
+        self._index: CosineIndex | None = None
 
     def search(self, Q: np.ndarray, room: np.ndarray) -> np.ndarray:
         """Candidate centre ids for each row of ``Q``, each row with at least one open."""
@@ -574,8 +430,7 @@ class _OpenCentres:
     def _rebuild(self, room: np.ndarray) -> None:
         """Snapshot the centres that have room now."""
         self._ids = np.flatnonzero(room > 0)
-        self._index.reset()
-        self._index.add(self._centres[self._ids])
+        self._index = CosineIndex(self._centres[self._ids])
 
     def _query(self, Q: np.ndarray) -> np.ndarray:
         """Top candidates from the snapshot, padded to the full width with the last one."""

@@ -12,9 +12,11 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
+
+from lmmixup.method.knn import CosineIndex, drop_excluded
 
 SCORE_MIN, SCORE_MAX = 0, 5
 FORMAT_VERSION = 1
@@ -80,15 +82,9 @@ def _check_labels(scores: np.ndarray, count: int) -> np.ndarray:
     return labels
 
 
-def _drop_own(ids: np.ndarray, own: np.ndarray) -> np.ndarray:
-    """Remove each row's own library index, or its last column where it was not retrieved."""
-    drop = ids == own[:, None]
-    drop[~drop.any(axis=1), -1] = True
-    return ids[~drop].reshape(ids.shape[0], ids.shape[1] - 1)
-
-
 class NeighbourIndex:
-    """Cosine k-NN over a library of unit rows: exact (faiss IndexFlatIP) or IVF-Flat.
+    """Cosine k-NN over a library of unit rows: exact (:class:`lmmixup.method.knn.CosineIndex`)
+    or IVF-Flat.
 
     ``ivf`` is approximate (it scans ``nprobe`` of about 4*sqrt(N) lists) and several times
     faster on large libraries; ``exact`` follows the SPEC to the letter; ``auto`` picks by
@@ -96,24 +92,15 @@ class NeighbourIndex:
     """
 
     def __init__(self, embeddings: np.ndarray, search: str = "exact", nprobe: int = 16):
-        import faiss
-
-        count, dim = embeddings.shape
-        search = resolve_search(search, count)
+        count = embeddings.shape[0]
         self.embeddings = embeddings
-        self.search_kind = search
+        self.search_kind = resolve_search(search, count)
         self.nprobe = nprobe
-        if search == "exact":
-            self._index = faiss.IndexFlatIP(dim)
+        if self.search_kind == "exact":
+            self._exact = CosineIndex(embeddings)
         else:
-            nlist = max(1, min(int(4 * math.sqrt(count)), count // _IVF_MIN_POINTS_PER_LIST))
-            self._quantizer = faiss.IndexFlatIP(dim)  # the IVF index does not keep it alive
-            self._index = faiss.IndexIVFFlat(
-                self._quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT
-            )
-            self._index.train(embeddings)
-            self._index.nprobe = min(nprobe, nlist)
-        self._index.add(embeddings)
+            # the IVF index does not keep its quantizer alive: hold both
+            self._ivf, self._quantizer = _ivf_index(embeddings, nprobe)
 
     def __len__(self) -> int:
         return self.embeddings.shape[0]
@@ -127,10 +114,25 @@ class NeighbourIndex:
         """
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
+        if self.search_kind == "exact":
+            return self._exact.search(queries, k, exclude=exclude)[1]
         extra = 0 if exclude is None else 1
-        width = min(k + extra, len(self))
-        _, ids = self._index.search(queries, width)
-        return ids if exclude is None else _drop_own(ids, exclude)
+        sims, ids = self._ivf.search(queries, min(k + extra, len(self)))
+        return ids if exclude is None else drop_excluded(sims, ids, exclude)[1]
+
+
+def _ivf_index(embeddings: np.ndarray, nprobe: int) -> tuple[Any, Any]:
+    """A trained faiss IVF-Flat inner-product index holding ``embeddings``, and its quantizer."""
+    import faiss
+
+    count, dim = embeddings.shape
+    nlist = max(1, min(int(4 * math.sqrt(count)), count // _IVF_MIN_POINTS_PER_LIST))
+    quantizer = faiss.IndexFlatIP(dim)
+    index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+    index.train(embeddings)
+    index.nprobe = min(nprobe, nlist)
+    index.add(embeddings)
+    return index, quantizer
 
 
 def _class_histogram(positions: np.ndarray, ids: np.ndarray, n_classes: int) -> np.ndarray:

@@ -19,10 +19,10 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import faiss
 import numpy as np
 
 from lmmixup.errors import LmmixupError
+from lmmixup.method.knn import as_matrix, cosine_top_k
 from lmmixup.records import effective_score
 
 HIGH_SCORE = 4
@@ -64,26 +64,17 @@ def long_tail_scores(X: np.ndarray, k: int = 15) -> np.ndarray:
 
     The row itself is excluded (even when it has exact duplicates, one of which may be
     found first); ``k`` is lowered to ``n - 1`` for small inputs and a single row scores 0.
-    Exact search (faiss ``IndexFlatIP``, which works through the rows in blocks), so memory
-    stays ``O(n k)``. Rows are expected to be unit vectors.
+    Exact search (:func:`lmmixup.method.knn.cosine_top_k`), so memory stays ``O(n k)``.
+    Rows are expected to be unit vectors.
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
-    X = np.ascontiguousarray(X, dtype=np.float32)
-    if X.ndim != 2:
-        raise ValueError(f"expected a 2-D array, got shape {X.shape}")
+    X = as_matrix(X)
     n = X.shape[0]
-    k = min(k, n - 1)
-    if k < 1:
+    if n < 2:
         return np.zeros(n)
-    index = faiss.IndexFlatIP(X.shape[1])
-    index.add(X)
-    sims, ids = index.search(X, k + 1)
-    is_self = ids == np.arange(n)[:, None]
-    # Rows whose own entry was crowded out by duplicates drop their last neighbour instead.
-    is_self[~is_self.any(axis=1), -1] = True
-    others = sims[~is_self].reshape(n, k).astype(np.float64)
-    return 1.0 - others.mean(axis=1)
+    others, _ = cosine_top_k(X, X, k, exclude=np.arange(n))
+    return 1.0 - others.astype(np.float64).mean(axis=1)
 
 
 def minmax(x: np.ndarray) -> np.ndarray:

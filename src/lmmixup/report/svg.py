@@ -1,7 +1,8 @@
 """Plots for the HTML report as inline SVG strings: bar charts, histograms and line charts.
 
 Written by hand so the report needs no plotting library and no assets: every function returns
-one `<svg>` element (or a short note when there is nothing to draw). All text is escaped.
+one `<svg>` element (or a short note when there is nothing to draw) as `Markup`, so the
+report's templates insert it as is. All text inside is escaped here.
 """
 
 from __future__ import annotations
@@ -11,15 +12,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from html import escape
 
+from markupsafe import Markup
+
 PALETTE = ("#3367d6", "#e8710a", "#1e8e3e", "#d93025", "#9334e6", "#12b5cb", "#b06000", "#5f6368")
 WIDTH, HEIGHT = 560, 280
 LEFT, RIGHT, TOP, BOTTOM = 60, 16, 42, 48
 MAX_POINTS = 400  # per line; longer series are thinned evenly
 
 
-def empty_note(text: str) -> str:
+def empty_note(text: str) -> Markup:
     """What a plot shows when it has no data."""
-    return f'<p class="missing">{escape(text)}</p>'
+    return Markup(f'<p class="missing">{escape(text)}</p>')
 
 
 def fmt(value: float) -> str:
@@ -78,9 +81,9 @@ def _text(x: float, y: float, text: str, anchor: str = "middle", cls: str = "") 
     return f'<text x="{x:.1f}" y="{y:.1f}" text-anchor="{anchor}"{klass}>{escape(str(text))}</text>'
 
 
-def _svg(title: str, body: list[str], height: int = HEIGHT) -> str:
+def _svg(title: str, body: list[str], height: int = HEIGHT) -> Markup:
     label = escape(title)
-    return (
+    return Markup(
         f'<svg class="plot" role="img" aria-label="{label}" '
         f'viewBox="0 0 {WIDTH} {height}" width="{WIDTH}" height="{height}">'
         f"<title>{label}</title>"
@@ -133,7 +136,7 @@ def bar_chart(
     title: str,
     x_label: str = "",
     y_label: str = "count",
-) -> str:
+) -> Markup:
     """Vertical bars, one per label, with the value above each bar when there are few."""
     if not values:
         return empty_note(f"{title}: no data")
@@ -155,7 +158,7 @@ def bar_chart(
     return _svg(title, parts + _x_axis(frame, ticks_x, x_label))
 
 
-def hbar_chart(labels: Sequence[str], values: Sequence[float], *, title: str) -> str:
+def hbar_chart(labels: Sequence[str], values: Sequence[float], *, title: str) -> Markup:
     """Horizontal bars with long labels on the left (reasons, sources, arms); bars start at
     zero, so negative values (e.g. log-likelihoods) point left."""
     if not values:
@@ -192,7 +195,7 @@ def histogram(
     title: str,
     x_label: str = "",
     bins: int | None = None,
-) -> str:
+) -> Markup:
     """Counts of `values` in equal-width bins over their range, on a numeric x axis
     (by default about 2 * sqrt(n) bins, between 5 and 30)."""
     if not values:
@@ -236,7 +239,7 @@ def line_chart(
     title: str,
     x_label: str = "step",
     y_label: str = "",
-) -> str:
+) -> Markup:
     """One line per named series of (x, y) points, with a legend."""
     series = {name: _thin(points) for name, points in series.items() if points}
     if not series:

@@ -11,7 +11,7 @@ TRL passes (``prompts``, ``completion_ids``, ``trainer_state``, ...) is ignored,
   parses and follows the task type's layout (paragraph: any non-blank text). The second half
   does not need the first: a reply with stray text or a second answer block still earns it.
   A blank answer earns no layout credit, so tags alone score 0.5. Both halves are the
-  ``well_formed`` and ``layout`` of :func:`lmmixup.stages.distill.reply_format`, the definition
+  ``well_formed`` and ``layout`` of :func:`lmmixup.method.reply.reply_format`, the definition
   ``distill`` and ``eval distiller`` use too: an answer never closed earns nothing.
 - alignment: cosine between the answer and the ``reference`` column; 1 if >= 0.8 else 0
   (``threshold`` mode, the paper's) or the cosine clipped to [0, 1] (``continuous``).
@@ -22,44 +22,27 @@ TRL passes (``prompts``, ``completion_ids``, ``trainer_state``, ...) is ignored,
 A reply with no parsable ``<answer>`` block, or a blank one, gets 0 for alignment and quality:
 that is its reward, not a failure.
 
-Failure policy: an exception while computing a batch (embedder, scorer, bad columns) or a
-non-finite value is counted in :class:`RewardStats`, logged, and re-raised as
-:class:`RewardError`, so training stops. A reward is never replaced by a default and never
-NaN (NaN would poison the GRPO loss). Each batch's wall time and value mean/std are recorded.
+Failures are counted, logged and re-raised (:mod:`lmmixup.rewards.stats`), never replaced
+by a default. The ready-made callables with env defaults are in :mod:`lmmixup.rewards.defaults`.
 """
 
 from __future__ import annotations
 
 import logging
-import math
-import os
-import re
-import shutil
-import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from lmmixup.backends.embed import record_text
-from lmmixup.config import DEFAULT_EMBEDDER
-from lmmixup.errors import LmmixupError
-from lmmixup.io.validate import RATED_RECORD, read_checked
 from lmmixup.method.knn_bayes import (
-    DEFAULT_TASK,
-    META_FILE,
-    KnnBayesScorer,
     KnnBayesScores,
     ScorerLibrary,
     banded_reward,
     continuous_reward,
-    load_task_scorers,
 )
 from lmmixup.method.reply import parse_output, reply_format
 from lmmixup.method.tasks import task_format
+from lmmixup.rewards.stats import REWARD_STATS, RewardStats, run_batch
 from lmmixup.types import Embedder
 
 log = logging.getLogger(__name__)
@@ -69,140 +52,10 @@ ALIGNMENT_MODES = ("threshold", "continuous")
 QUALITY_MODES = ("banded", "continuous")
 MIXUP_WEIGHTS = (0.5, 0.4, 0.1)
 ALIGNMENT_THRESHOLD = 0.8
-LIBRARY_ENV = "LMMIXUP_QUALITY_LIBRARY"
-MIN_TASK_SAMPLES = 20
 STRUCTURE_CREDIT = PATTERN_CREDIT = 0.5
 
 Completion = str | Sequence[Mapping[str, Any]]
 RewardFn = Callable[..., list[float]]
-
-
-class RewardError(RuntimeError):
-    """A reward could not be computed for a batch (already counted and logged)."""
-
-
-# ---------------------------------------------------------------------------- statistics
-
-
-@dataclass
-class ComponentStats:
-    """One reward component's counters: batches, completions, failed batches, time, values.
-
-    ``calls`` and ``items`` count every batch tried, failed ones included; the value
-    statistics cover successful batches: ``last_*`` the latest one, ``mean``/``std`` all.
-    """
-
-    calls: int = 0
-    items: int = 0
-    failures: int = 0
-    seconds: float = 0.0
-    last_seconds: float = math.nan
-    last_mean: float = math.nan
-    last_std: float = math.nan
-    _count: int = field(default=0, repr=False)
-    _sum: float = field(default=0.0, repr=False)
-    _sum_squares: float = field(default=0.0, repr=False)
-
-    @property
-    def mean(self) -> float:
-        """Mean of every value computed so far (NaN before the first)."""
-        return self._sum / self._count if self._count else math.nan
-
-    @property
-    def std(self) -> float:
-        """Population standard deviation of every value computed so far (NaN before the first)."""
-        if not self._count:
-            return math.nan
-        return math.sqrt(max(0.0, self._sum_squares / self._count - self.mean**2))
-
-    def _attempt(self, size: int, seconds: float) -> None:
-        self.calls += 1
-        self.items += size
-        self.seconds += seconds
-        self.last_seconds = seconds
-
-    def add_batch(self, values: np.ndarray, seconds: float) -> None:
-        """Count a successful batch of rewards."""
-        self._attempt(len(values), seconds)
-        if len(values):
-            self.last_mean, self.last_std = float(values.mean()), float(values.std())
-            self._count += len(values)
-            self._sum += float(values.sum())
-            self._sum_squares += float(np.square(values).sum())
-
-    def add_failure(self, size: int, seconds: float) -> None:
-        """Count a batch that raised."""
-        self._attempt(size, seconds)
-        self.failures += 1
-
-    def as_dict(self) -> dict[str, float]:
-        """The counters and value statistics as plain numbers."""
-        return {
-            "calls": self.calls,
-            "items": self.items,
-            "failures": self.failures,
-            "seconds": self.seconds,
-            "last_seconds": self.last_seconds,
-            "last_mean": self.last_mean,
-            "last_std": self.last_std,
-            "mean": self.mean,
-            "std": self.std,
-        }
-
-
-@dataclass
-class RewardStats:
-    """Counters per reward component (format, alignment, quality, mixup), for logging per step."""
-
-    components: dict[str, ComponentStats] = field(default_factory=dict)
-
-    def component(self, name: str) -> ComponentStats:
-        """The counters of one component, created on first use."""
-        return self.components.setdefault(name, ComponentStats())
-
-    def metrics(self, prefix: str = "rewards") -> dict[str, float]:
-        """Flat ``{prefix}/{component}/{counter}: value`` for a trainer's log."""
-        return {
-            f"{prefix}/{name}/{key}": value
-            for name, stats in sorted(self.components.items())
-            for key, value in stats.as_dict().items()
-        }
-
-    def reset(self) -> None:
-        """Forget every counter."""
-        self.components.clear()
-
-
-REWARD_STATS = RewardStats()
-
-
-def _run_batch(
-    stats: RewardStats,
-    name: str,
-    size: int,
-    compute: Callable[[], np.ndarray],
-    log_metric: Any = None,
-) -> list[float]:
-    """Compute one batch of rewards, timing it and counting it (or its failure) in ``stats``."""
-    start = time.perf_counter()
-    try:
-        values = np.asarray(compute(), dtype=np.float64)
-        if values.shape != (size,) or not np.all(np.isfinite(values)):
-            raise ValueError(f"expected {size} finite values, got {values.shape}: {values}")
-    except Exception as error:
-        stats.component(name).add_failure(size, time.perf_counter() - start)
-        if isinstance(error, RewardError):  # a component already counted and logged it
-            raise
-        failures = stats.component(name).failures
-        log.error(
-            "%s reward failed on %d completions (failure #%d): %r", name, size, failures, error
-        )
-        raise RewardError(f"the {name} reward failed on a batch of {size}: {error}") from error
-    seconds = time.perf_counter() - start
-    stats.component(name).add_batch(values, seconds)
-    if callable(log_metric):
-        log_metric(f"reward_seconds/{name}", seconds)
-    return values.tolist()
 
 
 # ---------------------------------------------------------------------------- inputs
@@ -266,7 +119,7 @@ def _scorable(answers: Sequence[str | None]) -> list[int]:
     return [row for row, answer in enumerate(answers) if answer]
 
 
-def _encode(embedder: Embedder, texts: list[str]) -> np.ndarray:
+def encode_texts(embedder: Embedder, texts: list[str]) -> np.ndarray:
     """One row per text from one encode call of the distinct texts; an error unless all finite.
 
     A GRPO batch repeats each prompt's reference once per generation, so distinct texts
@@ -313,7 +166,7 @@ def make_format_reward(stats: RewardStats = REWARD_STATS) -> RewardFn:
                 ]
             )
 
-        return _run_batch(stats, "format", len(completions), compute, columns.get("log_metric"))
+        return run_batch(stats, "format", len(completions), compute, columns.get("log_metric"))
 
     return format_reward
 
@@ -344,13 +197,13 @@ def make_alignment_reward(
             values = np.zeros(len(completions))
             if rows:
                 texts = [answers[row] for row in rows] + [references[row] for row in rows]
-                vectors = _encode(embedder, texts)
+                vectors = encode_texts(embedder, texts)
                 cosine = np.sum(vectors[: len(rows)] * vectors[len(rows) :], axis=1)
                 aligned = cosine >= threshold if mode == "threshold" else np.clip(cosine, 0, 1)
                 values[rows] = aligned
             return values
 
-        return _run_batch(stats, "alignment", len(completions), compute, columns.get("log_metric"))
+        return run_batch(stats, "alignment", len(completions), compute, columns.get("log_metric"))
 
     return alignment_reward
 
@@ -409,13 +262,13 @@ def make_quality_reward(
             rows = _scorable(answers)
             values = np.zeros(len(completions))
             if rows:
-                vectors = _encode(embedder, [answers[row] for row in rows])
+                vectors = encode_texts(embedder, [answers[row] for row in rows])
                 for task, positions in _rows_by_task(rows, kinds).items():
                     scores = library.for_task(task).score(vectors[positions], k=k)
                     values[[rows[p] for p in positions]] = _quality_values(scores, mode)
             return values
 
-        return _run_batch(stats, "quality", len(completions), compute, columns.get("log_metric"))
+        return run_batch(stats, "quality", len(completions), compute, columns.get("log_metric"))
 
     return quality_reward
 
@@ -450,144 +303,6 @@ def make_mixup_reward(
             parts = [fn(completions, **columns) for fn in (quality_fn, alignment_fn, format_fn)]
             return mix @ np.asarray(parts, dtype=np.float64).reshape(3, len(completions))
 
-        return _run_batch(stats, "mixup", len(completions), compute, columns.get("log_metric"))
+        return run_batch(stats, "mixup", len(completions), compute, columns.get("log_metric"))
 
     return mixup_reward
-
-
-# ---------------------------------------------------------------------------- defaults
-
-
-@lru_cache(maxsize=1)
-def _default_alignment() -> RewardFn:
-    from lmmixup.backends.embed import load_embedder
-
-    return make_alignment_reward(load_embedder(DEFAULT_EMBEDDER))
-
-
-def library_embedder(library: ScorerLibrary) -> str:
-    """The embedder a library was built with (the bundled MiniLM when it names none)."""
-    names = {scorer.embedder for scorer in library.scorers.values() if scorer.embedder}
-    if len(names) > 1:
-        raise LmmixupError(f"the library's scorers were built with different embedders: {names}")
-    return names.pop() if names else DEFAULT_EMBEDDER
-
-
-@lru_cache(maxsize=2)
-def _quality_for(folder: str) -> RewardFn:
-    from lmmixup.backends.embed import load_embedder
-
-    library = load_task_scorers(folder)
-    return make_quality_reward(library, load_embedder(library_embedder(library)))
-
-
-def _library_folder() -> str:
-    folder = os.environ.get(LIBRARY_ENV)
-    if not folder:
-        raise LmmixupError(
-            f"the quality reward needs a kNN-Bayes library: build one with "
-            f"`lmmixup rewards build-library RATED.jsonl -o DIR` and set {LIBRARY_ENV}=DIR "
-            f"(or call make_quality_reward with a loaded library)"
-        )
-    return folder
-
-
-format_reward = make_format_reward()
-
-
-def alignment_reward(completions: Sequence[Completion], **columns: Any) -> list[float]:
-    """Threshold alignment (cosine >= 0.8) with the bundled MiniLM, loaded on first use."""
-    return _default_alignment()(completions, **columns)
-
-
-def quality_reward(completions: Sequence[Completion], **columns: Any) -> list[float]:
-    """Banded kNN-Bayes quality with the library in ``$LMMIXUP_QUALITY_LIBRARY``."""
-    return _quality_for(_library_folder())(completions, **columns)
-
-
-mixup_reward = make_mixup_reward(quality_reward, alignment_reward, format_reward)
-
-
-# ---------------------------------------------------------------------------- the library
-
-_TASK_NAME = re.compile(r"[A-Za-z0-9][\w.-]*")
-
-
-def read_rated(paths: Sequence[str | Path]) -> tuple[list[dict], int]:
-    """The records of rated JSONL files that have a rating, and how many had none (failures)."""
-    rated, unrated = [], 0
-    for path in paths:
-        for record in read_checked(path, RATED_RECORD):
-            if record.get("rating") is None:
-                unrated += 1
-            else:
-                rated.append(record)
-    return rated, unrated
-
-
-def library_groups(
-    kinds: Sequence[str | None], by_task: bool, min_samples: int = MIN_TASK_SAMPLES
-) -> dict[str, list[int]]:
-    """Rows of each scorer to fit: "default" on all, plus each task type with ``min_samples``."""
-    groups: dict[str, list[int]] = {DEFAULT_TASK: list(range(len(kinds)))}
-    if not by_task:
-        return groups
-    by_kind: dict[str, list[int]] = {}
-    for row, kind in enumerate(kinds):
-        if kind and kind != DEFAULT_TASK:
-            by_kind.setdefault(kind, []).append(row)
-    for kind, rows in sorted(by_kind.items()):
-        if not _TASK_NAME.fullmatch(kind):
-            raise LmmixupError(f"task type {kind!r} cannot name a scorer folder")
-        if len(rows) >= min_samples:
-            groups[kind] = rows
-    return groups
-
-
-def build_library(
-    records: Sequence[Mapping[str, Any]],
-    embedder: Embedder,
-    *,
-    embedder_name: str | None = None,
-    by_task: bool = True,
-    min_task_samples: int = MIN_TASK_SAMPLES,
-    k_transition: int = 3,
-) -> ScorerLibrary:
-    """One kNN-Bayes scorer per task type with enough samples, plus "default" on all records.
-
-    Texts are prompt + newline + completion (as the rate stage embeds them), in one encode call;
-    labels are ``rating.score``. Task types with fewer samples are scored by "default".
-    """
-    if len(records) < 2:
-        raise LmmixupError(f"a library needs at least 2 rated records, got {len(records)}")
-    vectors = _encode(embedder, [record_text(record) for record in records])
-    labels = np.array([record["rating"]["score"] for record in records])
-    groups = library_groups([r.get("task_type") for r in records], by_task, min_task_samples)
-    return ScorerLibrary(
-        {
-            name: KnnBayesScorer.fit(
-                vectors[rows], labels[rows], k_transition=k_transition, embedder=embedder_name
-            )
-            for name, rows in groups.items()
-        }
-    )
-
-
-def save_library(library: ScorerLibrary, root: str | Path, overwrite: bool = False) -> None:
-    """Write a library to ``root/<task_type>/``; an existing library there needs ``overwrite``.
-
-    Overwriting removes the old scorer folders first, so no stale task scorer is left behind.
-    """
-    folder = Path(root)
-    old = sorted(p for p in folder.glob("*") if (p / META_FILE).is_file())
-    if old and not overwrite:
-        raise LmmixupError(f"{folder} already holds a library; pass --overwrite to replace it")
-    for path in old:
-        shutil.rmtree(path)
-    library.save(folder)
-
-
-def class_counts(scorer: KnnBayesScorer) -> dict[int, int]:
-    """How many library items each score class holds."""
-    classes, counts = np.unique(scorer.labels, return_counts=True)
-    return dict(zip(classes.tolist(), counts.tolist(), strict=True))

@@ -1,1 +1,1 @@
-"""runtime."""
+"""Running stages: the per-record executor, stage declarations, run-dir manifests and resume."""

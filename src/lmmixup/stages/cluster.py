@@ -1,4 +1,7 @@
-"""`lmmixup cluster`: low-quality records -> cluster records (SPEC stage 3)."""
+"""`lmmixup cluster`: low-quality records -> cluster records (SPEC stage 3).
+
+`CLUSTER` declares it as a stage of `lmmixup run`.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +11,12 @@ from pathlib import Path
 import numpy as np
 
 from lmmixup.backends.embed import load_embedder, record_text
-from lmmixup.config import ClusterConfig
+from lmmixup.config import ClusterConfig, RunConfig
 from lmmixup.errors import LmmixupError
 from lmmixup.io.jsonl import write_records
 from lmmixup.io.validate import POOL_RECORD, read_checked
+from lmmixup.runtime.runner import StageDir
+from lmmixup.runtime.spec import StageSpec
 
 
 def cluster_records(records: list[dict], vectors: np.ndarray, cfg: ClusterConfig) -> list[dict]:
@@ -82,3 +87,16 @@ def cluster_file(low: Path, output: Path, cfg: ClusterConfig) -> dict:
         if clusters
         else None,
     }
+
+
+def _run_cluster(stage: StageDir, cfg: RunConfig, inputs: dict[str, Path]) -> None:
+    stage.counts.update(cluster_file(inputs["low"], stage.file("clusters.jsonl"), cfg.cluster))
+
+
+CLUSTER = StageSpec(
+    "cluster",
+    sections=("cluster",),
+    reads={"low": "split.low"},
+    outputs={"clusters": "clusters.jsonl"},
+    run=_run_cluster,
+)

@@ -13,6 +13,9 @@ to the members. Every cluster ends as one distilled record or one reject with it
 - empty: the answer block is blank;
 - copy: the pair repeats one member near verbatim (no merging happened);
 - drift: the pair is far, in embedding space, from the members it should merge.
+
+`DistillStage` is the distiller as a per-record stage (one cluster in, one record or reject
+out) that the local executor runs; `DISTILL` declares it as a stage of `lmmixup run`.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import numpy as np
 
 from lmmixup.backends.base import Generation, Generator, GenParams
 from lmmixup.backends.embed import record_text
-from lmmixup.config import DistillConfig
+from lmmixup.config import DistillConfig, RunConfig
 from lmmixup.errors import LmmixupError
 from lmmixup.io.cache import CallCache
 from lmmixup.io.jsonl import read_records
@@ -42,7 +45,9 @@ from lmmixup.method.reply import (
     answer_to_pair,
     reply_format,
 )
-from lmmixup.runtime.runner import REJECT_KEY, BatchFn, process_records
+from lmmixup.runtime.executor import REJECT_KEY, BatchFn, LocalExecutor, RecordStage
+from lmmixup.runtime.runner import StageDir
+from lmmixup.runtime.spec import StageSpec
 from lmmixup.types import Embedder
 
 GENERATION_ERROR = "generation_error"
@@ -266,6 +271,61 @@ def reject_reasons(rejects_path: str | Path) -> dict[str, int]:
     return dict(Counter(record["reason"] for record in read_records(path)))
 
 
+class DistillStage(RecordStage):
+    """The distiller as a per-record stage: cluster records in, one distilled record or
+    reject each.
+
+    Built from the distill config, the pool file the members come from, the call cache's
+    path (None: no cache) and the embedder's name (default: the config's). `open()` loads
+    the generator and the embedder and indexes the pool by id. A cluster the backend failed
+    on (`generation_error`) is retried on the next run; every other reject is final.
+    """
+
+    description = "distill"
+
+    def __init__(
+        self,
+        cfg: DistillConfig,
+        pool: Path,
+        cache_path: Path | None = None,
+        embedder: str | None = None,
+    ):
+        self.cfg = cfg
+        self.pool = pool
+        self.cache_path = cache_path
+        self.embedder = embedder or cfg.embedder
+        self.batch_size = cfg.generator.batch_size
+        self._cache: CallCache | None = None
+        self._distill: BatchFn | None = None
+
+    def open(self) -> None:
+        from lmmixup.backends import load_generator
+        from lmmixup.backends.embed import load_embedder
+
+        self._cache = None if self.cache_path is None else CallCache(self.cache_path)
+        members_by_id = {record["id"]: record for record in read_records(self.pool)}
+        self._distill = make_distill_fn(
+            load_generator(self.cfg.generator, self._cache),
+            load_embedder(self.embedder),
+            self.cfg,
+            members_by_id,
+        )
+
+    def process(self, batch: list[dict]) -> list[dict]:
+        return self._distill(batch)
+
+    def retry(self, reject: dict) -> bool:
+        return reject.get("reason") == GENERATION_ERROR
+
+    def close(self) -> dict[str, Any]:
+        report: dict[str, Any] = {}
+        if self._cache is not None:
+            report["cache"] = self._cache.stats()
+            self._cache.close()
+        self._distill = self._cache = None
+        return report
+
+
 def distill_clusters(
     clusters_path: str | Path,
     pool_path: str | Path,
@@ -282,33 +342,49 @@ def distill_clusters(
     record in either is not redone. Returns counts for the manifest: this run's `written`,
     `rejected` and `already_done`, plus the files' totals (`distilled`, `reject_reasons`).
     """
-    from lmmixup.backends import load_generator
-    from lmmixup.backends.embed import load_embedder
-
-    numbered_clusters, members_by_id = read_distill_inputs(clusters_path, pool_path)
-    # Input records carry their output's id, so the runner's resume (keyed by `id`) and
+    numbered_clusters, _ = read_distill_inputs(clusters_path, pool_path)
+    # Input records carry their output's id, so the executor's resume (keyed by `id`) and
     # reject line numbers work at cluster granularity.
     clusters = [
         (number, {**cluster, "id": distilled_id(cluster["cluster_id"])})
         for number, cluster in numbered_clusters
     ]
-    distill_fn = make_distill_fn(
-        load_generator(cfg.generator, cache),
-        load_embedder(embedder_name or cfg.embedder),
-        cfg,
-        members_by_id,
-    )
-    counts: dict[str, Any] = process_records(
+    stage = DistillStage(cfg, Path(pool_path), None if cache is None else cache.path, embedder_name)
+    run = LocalExecutor().run(
+        stage,
         clusters,
-        distill_fn,
         output=Path(out_path),
         rejects=Path(rejects_path),
         source=str(clusters_path),
-        batch_size=cfg.generator.batch_size,
-        retry=lambda reject: reject.get("reason") == GENERATION_ERROR,
         total=len(clusters),
-        description="distill",
     )
+    if cache is not None and "cache" in run.report:
+        cache.count_use(run.report["cache"])
+    counts: dict[str, Any] = dict(run.counts)
     counts["distilled"] = len(read_records(out_path))
     counts["reject_reasons"] = reject_reasons(rejects_path)
     return counts
+
+
+def _run_distill(stage: StageDir, cfg: RunConfig, inputs: dict[str, Path]) -> None:
+    counts = distill_clusters(
+        inputs["clusters"],
+        inputs["low"],
+        stage.file("distilled.jsonl"),
+        stage.file("rejects.jsonl"),
+        cfg.distill,
+        CallCache(),
+    )
+    stage.counts.update(counts)
+    failed = counts["reject_reasons"].get(GENERATION_ERROR, 0)
+    if failed:
+        stage.partial = f"{failed} clusters failed in the distiller; re-run to retry them"
+
+
+DISTILL = StageSpec(
+    "distill",
+    sections=("distill",),
+    reads={"clusters": "cluster.clusters", "low": "split.low"},
+    outputs={"distilled": "distilled.jsonl", "rejects": "rejects.jsonl"},
+    run=_run_distill,
+)

@@ -1,4 +1,7 @@
-"""`lmmixup data import`: any supported input -> validated pool records + a rejects file."""
+"""`lmmixup data import`: any supported input -> validated pool records + a rejects file.
+
+`IMPORT` declares it as the first stage of `lmmixup run`.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +11,16 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lmmixup.config import ImportConfig, SourceSpec
+from lmmixup.config import ImportConfig, RunConfig, SourceSpec
+from lmmixup.errors import LmmixupError
 from lmmixup.evalsuite import gsm8k_reserved_rows
+from lmmixup.io.assets import BUILTIN_SOURCES, builtin_path
 from lmmixup.io.jsonl import reject_record, write_records
 from lmmixup.io.sources import default_source_name, iter_source
 from lmmixup.progress import progress
 from lmmixup.records import BadRow, normalise_row
+from lmmixup.runtime.runner import StageDir
+from lmmixup.runtime.spec import StageSpec
 
 
 @dataclass
@@ -154,3 +161,36 @@ def _sample(records: list[dict], size: int | None, seed: int, result: ImportResu
     chosen = sorted(random.Random(seed).sample(range(len(records)), size))
     result.dropped_by_limit += len(records) - size
     return [records[i] for i in chosen]
+
+
+def source_files(cfg: RunConfig) -> list[Path]:
+    """The files (or saved datasets) the run's import reads, built-in sources resolved."""
+    return [
+        builtin_path(s.path) if s.path in BUILTIN_SOURCES else Path(s.path)
+        for s in cfg.import_.sources
+    ]
+
+
+def _run_import(stage: StageDir, cfg: RunConfig, _: dict[str, Path]) -> None:
+    result = import_pool(
+        cfg.import_.sources, stage.file("pool.jsonl"), cfg.import_, stage.file("rejects.jsonl")
+    )
+    stage.counts.update(result.counts())
+    if not result.kept:
+        raise LmmixupError(
+            f"import kept no rows ({result.rejected:,} rejected -> {result.rejects}, "
+            f"{result.filtered:,} outside the length limits); fix the sources or the "
+            "import limits, then re-run"
+        )
+    if result.heldout is None:  # the file is there whenever the stage is done
+        stage.file("pool.heldout.jsonl").write_text("")
+
+
+IMPORT = StageSpec(
+    "import",
+    sections=("import_",),
+    reads={},
+    outputs={"pool": "pool.jsonl", "heldout": "pool.heldout.jsonl", "rejects": "rejects.jsonl"},
+    run=_run_import,
+    sources=source_files,
+)

@@ -9,12 +9,15 @@ Two modes:
 
 The judge sees at most MAX_JUDGED_CHARS characters of a prompt or completion; a record
 whose text was cut for it says so in `truncated_for_judge` (the names of the cut fields).
+`JudgeStage` is the judge as a per-record stage an executor runs.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -32,6 +35,7 @@ from lmmixup.method.rubric import (
     compress_score,
     read_rating,
 )
+from lmmixup.runtime.executor import RecordStage
 
 MIN_DIGIT_MASS = 0.05
 # A "1" this likely may be the start of "10": read the next digit too (a second, small pass).
@@ -53,6 +57,10 @@ def _note_truncation(record: dict) -> dict:
     else:
         record.pop(TRUNCATED_KEY, None)
     return record
+
+
+def is_rated(record: dict) -> bool:
+    return record.get("rating") is not None
 
 
 def failed(record: dict, reason: str) -> dict:
@@ -273,3 +281,72 @@ def make_logprob_judge(
         return out
 
     return judge
+
+
+def load_judge_fn(cfg: RateConfig, cache: CallCache | None, stop: BudgetStop, run_index: int):
+    """The judge's batch function for `cfg.mode` and the model behind it."""
+    from lmmixup.backends import load_generator
+
+    if cfg.mode == "logprob":  # RateConfig allows it only with judge.backend=hf
+        from lmmixup.backends.hf import HFChatModel
+
+        model = HFChatModel(cfg.judge.model, dtype=cfg.judge.dtype, batch_size=cfg.judge.batch_size)
+        return make_logprob_judge(model, cfg, cache), model
+    generator = load_generator(cfg.judge, cache)
+    return make_generate_judge(generator, cfg, stop, run_index), generator
+
+
+class JudgeStage(RecordStage):
+    """The rubric judge as a per-record stage: pool records in, records with `rating` out.
+
+    Built from the rate config, the call cache's path (None: no cache) and `run_index` (how
+    many runs of the stage came before: re-runs ask again with new seeds). A failed rating is
+    an output line that is not done, so the next run retries it; a spent request cap stops
+    the stage after the batch in flight. `close()` reports the model's usage, the cache's
+    hits and misses, and why it stopped.
+    """
+
+    description = "rate (judge)"
+
+    def __init__(self, cfg: RateConfig, cache_path: Path | None = None, run_index: int = 0):
+        self.cfg = cfg
+        self.cache_path = cache_path
+        self.run_index = run_index
+        judge = cfg.judge
+        self.batch_size = judge.concurrency * 4 if judge.backend == "openai" else judge.batch_size
+        self._stop = BudgetStop()
+        self._cache: CallCache | None = None
+        self._judge: Callable[[list[dict]], list[dict]] | None = None
+        self._model: Any = None
+
+    def open(self) -> None:
+        self._stop = BudgetStop()
+        self._cache = None if self.cache_path is None else CallCache(self.cache_path)
+        self._judge, self._model = load_judge_fn(self.cfg, self._cache, self._stop, self.run_index)
+
+    def process(self, batch: list[dict]) -> list[dict]:
+        return self._judge(batch)
+
+    def is_done(self, record: dict) -> bool:
+        return is_rated(record)
+
+    def should_stop(self) -> bool:
+        return self._stop()
+
+    @property
+    def stop_reason(self) -> str | None:
+        """Why the judge stopped (a spent request cap), None while it may go on."""
+        return self._stop.reason
+
+    def close(self) -> dict[str, Any]:
+        report: dict[str, Any] = {}
+        usage = getattr(getattr(self._model, "inner", self._model), "usage", None)
+        if usage:
+            report["usage"] = dict(usage)
+        if self._stop.reason:
+            report["stopped"] = self._stop.reason
+        if self._cache is not None:
+            report["cache"] = self._cache.stats()
+            self._cache.close()
+        self._judge = self._model = self._cache = None
+        return report

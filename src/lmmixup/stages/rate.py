@@ -1,7 +1,9 @@
 """The rate stage: judge the pool (or a fraction of it and propagate), or score with a library.
 
 Output: the pool records with `rating` (or `rating: null` + `rating_error` for a failure,
-which the next run retries). Resumable: records already rated are skipped.
+which the next run retries). Resumable: records already rated are skipped. The judge
+(`JudgeStage`) and the kNN-Bayes scorer (`KnnStage`) are per-record stages the local
+executor runs; `RATE` and `RERATE` declare the two stages of `lmmixup run` that rate.
 """
 
 from __future__ import annotations
@@ -13,27 +15,20 @@ from pathlib import Path
 import numpy as np
 
 from lmmixup.backends.embed import load_embedder, record_text
-from lmmixup.config import RateConfig
+from lmmixup.config import RateConfig, RunConfig
 from lmmixup.errors import LmmixupError
 from lmmixup.io.cache import CallCache
 from lmmixup.io.jsonl import read_records, write_records
 from lmmixup.io.validate import POOL_RECORD, check_file
 from lmmixup.method.knn_bayes import KnnBayesScorer, ScorerLibrary, load_task_scorers
 from lmmixup.records import effective_score
-from lmmixup.runtime.runner import numbered, process_records
-from lmmixup.stages.judge import (
-    TRUNCATED_KEY,
-    BudgetStop,
-    make_generate_judge,
-    make_logprob_judge,
-)
+from lmmixup.runtime.executor import LocalExecutor, RecordStage, StageRun, numbered
+from lmmixup.runtime.runner import StageDir
+from lmmixup.runtime.spec import StageSpec
+from lmmixup.stages.judge import TRUNCATED_KEY, JudgeStage, is_rated
 
 LIBRARY_DIR = "library"
 HELD_OUT_FRACTION = 0.2
-
-
-def is_rated(record: dict) -> bool:
-    return record.get("rating") is not None
 
 
 def chosen_for_judge(record_id: str, fraction: float, seed: int) -> bool:
@@ -42,21 +37,12 @@ def chosen_for_judge(record_id: str, fraction: float, seed: int) -> bool:
     return int.from_bytes(digest[:8], "big") / 2**64 < fraction
 
 
-def load_judge_fn(cfg: RateConfig, cache: CallCache | None, stop: BudgetStop, run_index: int):
-    """The judge's batch function for `cfg.mode` and the model behind it."""
-    from lmmixup.backends import load_generator
-
-    if cfg.mode == "logprob":  # RateConfig allows it only with judge.backend=hf
-        from lmmixup.backends.hf import HFChatModel
-
-        model = HFChatModel(cfg.judge.model, dtype=cfg.judge.dtype, batch_size=cfg.judge.batch_size)
-        return make_logprob_judge(model, cfg, cache), model
-    generator = load_generator(cfg.judge, cache)
-    return make_generate_judge(generator, cfg, stop, run_index), generator
-
-
-def _batch_size(cfg: RateConfig) -> int:
-    return cfg.judge.concurrency * 4 if cfg.judge.backend == "openai" else cfg.judge.batch_size
+def _run(stage: RecordStage, pool: Path, output: Path, rejects: Path, select) -> StageRun:
+    """Run a rating stage over the records of `pool` that `select` accepts (all by default)."""
+    records = [(n, r) for n, r in numbered(pool) if select is None or select(r)]
+    return LocalExecutor().run(
+        stage, records, output=output, rejects=rejects, source=str(pool), total=len(records)
+    )
 
 
 def judge_records(
@@ -69,27 +55,17 @@ def judge_records(
     run_index: int = 0,
 ) -> dict:
     """Judge every record (or those `select` accepts); stops cleanly at a request cap."""
-    stop = BudgetStop()
-    fn, model = load_judge_fn(cfg, cache, stop, run_index)
-    records = [(n, r) for n, r in numbered(pool) if select is None or select(r)]
-    counts = process_records(
-        records,
-        fn,
-        output=output,
-        rejects=rejects,
-        source=str(pool),
-        batch_size=_batch_size(cfg),
-        is_done=is_rated,
-        total=len(records),
-        description="rate (judge)",
-        should_stop=stop,
-    )
-    usage = getattr(getattr(model, "inner", model), "usage", None)
-    if usage:
-        counts["judge_usage"] = dict(usage)
-    if stop.reason:
+    stage = JudgeStage(cfg, None if cache is None else cache.path, run_index)
+    run = _run(stage, pool, output, rejects, select)
+    counts: dict = dict(run.counts)
+    if "usage" in run.report:
+        counts["judge_usage"] = run.report["usage"]
+    if cache is not None and "cache" in run.report:
+        cache.count_use(run.report["cache"])
+    if "stopped" in run.report:
         raise LmmixupError(
-            f"{stop.reason}; the ratings made so far are saved in {output}: re-run to continue"
+            f"{run.report['stopped']}; the ratings made so far are saved in {output}: "
+            "re-run to continue"
         )
     return counts
 
@@ -121,30 +97,53 @@ def make_knn_fn(library: ScorerLibrary, embedder, k: int):
     return score
 
 
+class KnnStage(RecordStage):
+    """The kNN-Bayes scorer as a per-record stage: records in, records with a kNN `rating`.
+
+    Built from the rate config and the library folder (one saved scorer, or one per task
+    type). With `leave_judged`, the records the judge's share (`cfg.propagate`) falls on are
+    left as the judge left them: their output lines stand, failures included.
+    """
+
+    batch_size = 1024
+    description = "rate (kNN-Bayes)"
+
+    def __init__(self, cfg: RateConfig, library: Path, leave_judged: bool = False):
+        self.cfg = cfg
+        self.library = library
+        self.leave_judged = leave_judged
+        self._score: Callable[[list[dict]], list[dict]] | None = None
+
+    def open(self) -> None:
+        library = _load_library(self.library)
+        self._score = make_knn_fn(library, load_embedder(self.cfg.embedder), self.cfg.k)
+
+    def process(self, batch: list[dict]) -> list[dict]:
+        return self._score(batch)
+
+    def is_done(self, record: dict) -> bool:
+        if is_rated(record):
+            return True
+        return self.leave_judged and chosen_for_judge(
+            record["id"], self.cfg.propagate, self.cfg.seed
+        )
+
+    def close(self) -> dict:
+        self._score = None
+        return {}
+
+
 def score_with_library(
     pool: Path,
     output: Path,
     rejects: Path,
-    library: ScorerLibrary,
+    library: Path,
     cfg: RateConfig,
     select=None,
-    is_done: Callable[[dict], bool] = is_rated,
+    leave_judged: bool = False,
 ) -> dict:
-    """Score the records (those `select` accepts) with the library; `is_done` says which
-    lines of the output this pass leaves as they are (by default: the rated ones)."""
-    embedder = load_embedder(cfg.embedder)
-    records = [(n, r) for n, r in numbered(pool) if select is None or select(r)]
-    return process_records(
-        records,
-        make_knn_fn(library, embedder, cfg.k),
-        output=output,
-        rejects=rejects,
-        source=str(pool),
-        batch_size=1024,
-        is_done=is_done,
-        total=len(records),
-        description="rate (kNN-Bayes)",
-    )
+    """Score the records (those `select` accepts) with the library in folder `library`."""
+    return _run(KnnStage(cfg, library, leave_judged), pool, output, rejects, select).counts
 
 
 def _judged(records: list[dict]) -> list[dict]:
@@ -218,10 +217,10 @@ def propagate(pool: Path, output: Path, rejects: Path, cfg: RateConfig, library_
         pool,
         output,
         rejects,
-        ScorerLibrary({"default": scorer}),
+        library_dir,
         cfg,
         select=lambda r: not for_judge(r),
-        is_done=lambda r: is_rated(r) or for_judge(r),
+        leave_judged=True,
     )
     return {
         "propagated": counts,
@@ -270,9 +269,7 @@ def rate_pool(
     if cfg.method == "knn":
         if not cfg.library:
             raise LmmixupError("rate.method=knn needs a library folder (--library)")
-        counts["knn"] = score_with_library(
-            pool, output, rejects, _load_library(Path(cfg.library)), cfg
-        )
+        counts["knn"] = score_with_library(pool, output, rejects, Path(cfg.library), cfg)
     else:
         select = None if cfg.propagate is None else _for_judge(cfg)
         counts["judge"] = judge_records(pool, output, rejects, cfg, cache, select, run_index)
@@ -313,3 +310,48 @@ def keep_high(rated: Path, kept: Path, threshold: int) -> dict:
         "unrated": sum(not is_rated(r) for r in records),
         "threshold": threshold,
     }
+
+
+def rate_into(stage: StageDir, pool: Path, cfg: RateConfig) -> dict:
+    """Rate `pool` into the stage's rated.jsonl; a stage with failures stays partial."""
+    counts = rate_pool(
+        pool,
+        stage.file("rated.jsonl"),
+        stage.file("rejects.jsonl"),
+        cfg,
+        CallCache(),
+        stage.path,
+        stage.previous_runs,
+    )
+    stage.counts.update(counts)
+    if counts["failed"]:
+        stage.partial = f"{counts['failed']} ratings failed; re-run to retry them"
+    return counts
+
+
+def _run_rate(stage: StageDir, cfg: RunConfig, inputs: dict[str, Path]) -> None:
+    rate_into(stage, inputs["pool"], cfg.rate)
+
+
+def _run_rerate(stage: StageDir, cfg: RunConfig, inputs: dict[str, Path]) -> None:
+    # Every distilled pair is judged (no propagation, no curation: too few to fit on).
+    rate_cfg = cfg.rate.model_copy(update={"propagate": None, "curate": False, "method": "judge"})
+    rate_into(stage, inputs["distilled"], rate_cfg)
+    kept = keep_high(stage.file("rated.jsonl"), stage.file("kept.jsonl"), cfg.rerate.threshold)
+    stage.counts["filter"] = kept
+
+
+RATE = StageSpec(
+    "rate",
+    sections=("rate",),
+    reads={"pool": "import.pool"},
+    outputs={"rated": "rated.jsonl", "rejects": "rejects.jsonl"},
+    run=_run_rate,
+)
+RERATE = StageSpec(
+    "rerate",
+    sections=("rate", "rerate"),
+    reads={"distilled": "distill.distilled"},
+    outputs={"rated": "rated.jsonl", "kept": "kept.jsonl", "rejects": "rejects.jsonl"},
+    run=_run_rerate,
+)

@@ -1,7 +1,8 @@
 """`lmmixup select`: the training set (distilled + original) and the baselines, as files.
 
 The training set is prompt/completion JSONL that keeps each row's origin and lineage
-(`member_ids` of a distilled row); `*.why.jsonl` says why each row was chosen.
+(`member_ids` of a distilled row); `*.why.jsonl` says why each row was chosen. `SELECT`
+declares it as the last stage of `lmmixup run`.
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ from typing import Any
 import numpy as np
 
 from lmmixup.backends.embed import load_embedder, record_text
-from lmmixup.config import SelectConfig
+from lmmixup.config import RunConfig, SelectConfig
 from lmmixup.io.jsonl import write_records
 from lmmixup.io.validate import RATED_RECORD, read_checked
 from lmmixup.records import effective_score
+from lmmixup.runtime.runner import StageDir
+from lmmixup.runtime.spec import StageSpec
 
 TRAIN_FIELDS = ("id", "prompt", "completion", "source", "task_type", "member_ids", "cluster_id")
 
@@ -150,3 +153,18 @@ def select_baseline(
     )
     selection = _baselines(high_ids, allow_short)[name](pool, cfg, lambda: long_tail(pool, cfg))
     return write_selection(selection, output)
+
+
+def _run_select(stage: StageDir, cfg: RunConfig, inputs: dict[str, Path]) -> None:
+    stage.counts.update(
+        select_files(inputs["high"], inputs["kept"], stage.file("train.jsonl"), cfg.select)
+    )
+
+
+SELECT = StageSpec(
+    "select",
+    sections=("select",),
+    reads={"high": "split.high", "kept": "rerate.kept"},
+    outputs={"train": "train.jsonl", "why": "train.why.jsonl"},
+    run=_run_select,
+)

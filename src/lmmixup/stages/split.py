@@ -1,14 +1,19 @@
-"""`lmmixup split`: rated records -> high-quality and low-quality files (SPEC stage 1)."""
+"""`lmmixup split`: rated records -> high-quality and low-quality files (SPEC stage 1).
+
+`SPLIT` declares it as a stage of `lmmixup run`.
+"""
 
 from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
 
-from lmmixup.config import SplitConfig
+from lmmixup.config import RunConfig, SplitConfig
 from lmmixup.io.jsonl import write_records
 from lmmixup.io.validate import RATED_RECORD, read_checked
 from lmmixup.records import effective_score
+from lmmixup.runtime.runner import StageDir
+from lmmixup.runtime.spec import StageSpec
 
 
 def ranking_score(record: dict) -> float:
@@ -77,3 +82,24 @@ def split_file(
     else:
         unrated_file.unlink(missing_ok=True)
     return counts
+
+
+def _run_split(stage: StageDir, cfg: RunConfig, inputs: dict[str, Path]) -> None:
+    stage.counts.update(
+        split_file(
+            inputs["rated"],
+            stage.file("high.jsonl"),
+            stage.file("low.jsonl"),
+            cfg.split,
+            unrated_file=stage.file("unrated.jsonl"),
+        )
+    )
+
+
+SPLIT = StageSpec(
+    "split",
+    sections=("split",),
+    reads={"rated": "rate.rated"},
+    outputs={"high": "high.jsonl", "low": "low.jsonl"},
+    run=_run_split,
+)

@@ -3,7 +3,7 @@
 
 Each row becomes one chat exchange rendered with the model's chat template (user = prompt,
 assistant = completion); the loss covers the completion and the EOS after it, never the prompt
-(the rows are tokenised like the distiller's SFT rows, see `common.completion_example`). A model
+(the rows are tokenised like the distiller's SFT rows, see `examples.completion_example`). A model
 without a chat template (a base model) gets a minimal one, saved with the final model so
 inference renders prompts the same way.
 
@@ -29,17 +29,9 @@ from pydantic import Field
 from lmmixup.errors import LmmixupError
 from lmmixup.io.jsonl import iter_jsonl, reject_record, write_records
 from lmmixup.stages.decontaminate import DEFAULT_N, MIN_WORDS, decontaminate, read_eval_sets
-from lmmixup.training.common import (
-    GROUP_BY_LENGTH,
-    BaseTrainSettings,
-    LoraSettings,
-    Rows,
-    completion_example,
-    fitting_rows,
-    load_model_and_tokenizer,
-    run_training,
-    supervised_trainer,
-)
+from lmmixup.training.examples import Rows, completion_example, fitting_rows
+from lmmixup.training.settings import GROUP_BY_LENGTH, BaseTrainSettings, LoraSettings
+from lmmixup.training.trainer import load_model_and_tokenizer, run_training, supervised_trainer
 
 LORA_LEARNING_RATE = 1e-4
 FULL_LEARNING_RATE = 1e-5

@@ -1,7 +1,7 @@
 """Stage 7: cold-start SFT of the distiller on MIXTURE `sft.jsonl` (cluster prompt -> target).
 
-Each record becomes a prompt/completion pair: the prompt is `mixture.prompt_messages(record)`
-(the prompt `lmmixup distill` sends), the completion is `mixture.target_text(record)` followed
+Each record becomes a prompt/completion pair: the prompt is `method.prompt.prompt_messages(record)`
+(the prompt `lmmixup distill` sends), the completion is `method.prompt.target_text(record)` followed
 by the tokenizer's EOS token. The loss covers the completion only. The rows are tokenised here
 (TRL's conversational prompt/completion path would also supervise the chat template's trailing
 newline after EOS), and TRL's SFTTrainer trains on them.
@@ -18,16 +18,9 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from lmmixup.training.common import (
-    GROUP_BY_LENGTH,
-    TrainSettings,
-    fitting_rows,
-    load_model_and_tokenizer,
-    read_split,
-    run_training,
-    sft_example,
-    supervised_trainer,
-)
+from lmmixup.training.examples import fitting_rows, read_split, sft_example
+from lmmixup.training.settings import GROUP_BY_LENGTH, TrainSettings
+from lmmixup.training.trainer import load_model_and_tokenizer, run_training, supervised_trainer
 
 LORA_LEARNING_RATE = 2e-4
 FULL_LEARNING_RATE = 2e-5

@@ -312,7 +312,7 @@ def run_experiment(
         follow_inputs=True,
     ).manifest
     table = write_table(run_dir, manifests)
-    from lmmixup.report.build import write_report
+    from lmmixup.report import write_report
 
     write_report(run_dir)  # again, now with the arms' training curves and the table
     return table

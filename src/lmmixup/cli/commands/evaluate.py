@@ -7,11 +7,22 @@ from typing import Annotated
 
 import typer
 
+from lmmixup.cli.options import (
+    JudgeBackendOpt,
+    SetOpt,
+    load_section,
+    overrides,
+    section_config_opt,
+)
+
 eval_app = typer.Typer(
     help="Evaluate distillers on held-out MIXTURE data, and models on lm-eval benchmarks.",
     no_args_is_help=True,
     rich_markup_mode="markdown",
 )
+
+EvalConfigOpt = section_config_opt("eval")
+DownstreamConfigOpt = section_config_opt("downstream")
 
 
 @eval_app.callback()
@@ -41,21 +52,13 @@ def distiller(
     output: Annotated[
         Path, typer.Option("--output", "-o", help="Folder for results.json/.md and generations/.")
     ],
-    config: Annotated[
-        Path | None,
-        typer.Option(
-            "--config", "-c", help="YAML with this command's keys (or an `eval:` section)."
-        ),
-    ] = None,
-    sets: Annotated[
-        list[str] | None,
-        typer.Option("--set", help="Override a config key: KEY=VALUE (repeatable)."),
-    ] = None,
+    config: EvalConfigOpt = None,
+    sets: SetOpt = None,
     limit: Annotated[int | None, typer.Option(help="Only the first N test records.")] = None,
     judge: Annotated[
         str | None, typer.Option(help="Judge model [bundled:smollm2-135m-instruct].")
     ] = None,
-    judge_backend: Annotated[str | None, typer.Option(help="Judge backend: hf | openai.")] = None,
+    judge_backend: JudgeBackendOpt = None,
     judge_base_url: Annotated[
         str | None, typer.Option(help="openai judge backend: server URL.")
     ] = None,
@@ -72,8 +75,6 @@ def distiller(
     """Generate with each model on the test records (greedy, the distiller's prompt) and compare:
     format compliance, the reward components and their total, and judge ratings of the parsed
     pairs (raw 1-10 and compressed 0-5) per task type. Replies are cached: re-runs are cheap."""
-    from lmmixup.cli.app import _overrides
-    from lmmixup.cli.commands.train import load_section
     from lmmixup.evaluation.distiller import EvalDistillerConfig, evaluate_distillers, unique_specs
 
     flags = {
@@ -84,7 +85,7 @@ def distiller(
         "judge_mode": judge_mode,
         "rewards.quality_library": quality_library,
     }
-    cfg = load_section(EvalDistillerConfig, config, "eval", _overrides(sets, **flags))
+    cfg = load_section(EvalDistillerConfig, config, "eval", overrides(sets, **flags))
     results = evaluate_distillers(unique_specs(models), test, output, cfg)
     for label, result in results["models"].items():
         judged = result["judge"]["all"]
@@ -122,16 +123,8 @@ def downstream(
         Path | None,
         typer.Option("--output", "-o", help="Folder for models/*.json, results.json and .md."),
     ] = None,
-    config: Annotated[
-        Path | None,
-        typer.Option(
-            "--config", "-c", help="YAML with this command's keys (or a `downstream:` section)."
-        ),
-    ] = None,
-    sets: Annotated[
-        list[str] | None,
-        typer.Option("--set", help="Override a config key: KEY=VALUE (repeatable)."),
-    ] = None,
+    config: DownstreamConfigOpt = None,
+    sets: SetOpt = None,
     tasks: Annotated[
         str | None,
         typer.Option(help="Comma-separated lm-eval tasks or task YAML paths [the shipped suite]."),
@@ -149,8 +142,6 @@ def downstream(
     """Run lm-evaluation-harness tasks on each model and compare them in one table (rows = models,
     columns = each task's primary metric and their average). Each model's results are saved as
     soon as it finishes; re-running the same command skips finished models."""
-    from lmmixup.cli.app import _overrides
-    from lmmixup.cli.commands.train import load_section
     from lmmixup.evaluation.distiller import unique_specs
     from lmmixup.evaluation.downstream import DownstreamConfig, evaluate_models
 
@@ -163,7 +154,7 @@ def downstream(
         "batch_size": batch_size,
         "dtype": dtype,
     }
-    cfg = load_section(DownstreamConfig, config, "downstream", _overrides(sets, **flags))
+    cfg = load_section(DownstreamConfig, config, "downstream", overrides(sets, **flags))
     results = evaluate_models({s.label: s.model for s in unique_specs(models)}, cfg)
     _print_downstream(results)
     typer.echo(f"results: {Path(cfg.output_dir) / 'results.md'} and results.json")

@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from lmmixup.cli.options import ForceStagesOpt, SetOpt
+
 experiment_app = typer.Typer(rich_markup_mode="markdown")
 
 
@@ -26,13 +28,8 @@ def experiment(
     run_dir: Annotated[
         Path, typer.Option("--run-dir", "-d", help="Folder for every stage and arm.")
     ] = Path("runs/experiment"),
-    sets: Annotated[
-        list[str] | None,
-        typer.Option("--set", help="Override a config key: KEY=VALUE (repeatable)."),
-    ] = None,
-    force: Annotated[
-        bool, typer.Option(help="Redo stages whose config or inputs changed, instead of refusing.")
-    ] = False,
+    sets: SetOpt = None,
+    force: ForceStagesOpt = False,
 ) -> None:
     """Build every arm's training set at one budget, fine-tune the same base model on each,
     evaluate them all (and the untuned base) on the same tasks, and write the table.

@@ -8,11 +8,13 @@ from typing import Annotated
 
 import typer
 
+from lmmixup.cli.options import MaxStepsOpt, SetOpt, load_section, overrides, section_config_opt
 from lmmixup.errors import LmmixupError
 from lmmixup.stages.decontaminate import DEFAULT_N, MIN_WORDS
 
 finetune_app = typer.Typer(rich_markup_mode="markdown")
 
+FinetuneConfigOpt = section_config_opt("finetune")
 AGAINST_HELP = "Evaluation data as NAME=FILE.jsonl (repeatable); text fields: question, prompt, answer, completion, text."
 
 
@@ -51,19 +53,9 @@ def finetune(
             "--output-dir", "-o", help="Checkpoints, rejects, summary.json, OUTPUT/final."
         ),
     ] = None,
-    config: Annotated[
-        Path | None,
-        typer.Option(
-            "--config", "-c", help="YAML with this command's keys (or a `finetune:` section)."
-        ),
-    ] = None,
-    sets: Annotated[
-        list[str] | None,
-        typer.Option("--set", help="Override a config key: KEY=VALUE (repeatable)."),
-    ] = None,
-    max_steps: Annotated[
-        int | None, typer.Option(help="Stop after this many optimizer steps.")
-    ] = None,
+    config: FinetuneConfigOpt = None,
+    sets: SetOpt = None,
+    max_steps: MaxStepsOpt = None,
     against: Annotated[
         list[str] | None, typer.Option("--decontaminate-against", help=AGAINST_HELP)
     ] = None,
@@ -73,14 +65,12 @@ def finetune(
     on the completion only. Bad lines and contaminated rows go to OUTPUT/rejects.jsonl; the
     merged model is a plain HF checkpoint in OUTPUT/final. Re-running the same command resumes
     from the last checkpoint."""
-    from lmmixup.cli.app import _overrides
-    from lmmixup.cli.commands.train import load_section
     from lmmixup.training.finetune import FinetuneConfig
     from lmmixup.training.finetune import finetune as run_finetune
 
     flags = {"train": train, "model": model, "output_dir": output_dir, "max_steps": max_steps}
     flags["decontaminate_against"] = named_files(against, "--decontaminate-against") or None
-    cfg = load_section(FinetuneConfig, config, "finetune", _overrides(sets, **flags))
+    cfg = load_section(FinetuneConfig, config, "finetune", overrides(sets, **flags))
     summary = run_finetune(cfg)
     resumed = f" (resumed from {summary['resumed_from']})" if summary["resumed_from"] else ""
     typer.echo(

@@ -8,10 +8,24 @@ from typing import Annotated
 
 import typer
 
+from lmmixup.cli.options import (
+    BaseUrlOpt,
+    ConfigOpt,
+    SetOpt,
+    backend_opt,
+    in_section,
+    model_opt,
+    overrides,
+)
+
 mixture_app = typer.Typer(
     help="Build the distiller's training data: clusters of degraded variants -> one target.",
     no_args_is_help=True,
 )
+
+
+DegraderBackendOpt = backend_opt("Model that writes degraded variants too")
+DegraderModelOpt = model_opt("That model")
 
 
 @mixture_app.callback()
@@ -39,13 +53,8 @@ def build(
             help="High-quality seed samples: pool files or built-in sources (gsm8k, sharegpt) [gsm8k sharegpt]."
         ),
     ] = None,
-    config: Annotated[
-        Path | None, typer.Option("--config", "-c", help="YAML file with this command's keys.")
-    ] = None,
-    sets: Annotated[
-        list[str] | None,
-        typer.Option("--set", help="Override a config key: KEY=VALUE (repeatable)."),
-    ] = None,
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
     max_examples: Annotated[
         int | None, typer.Option(help="Build at most this many records.")
     ] = None,
@@ -56,13 +65,9 @@ def build(
             "--no-embed", help="Find similar seeds by shared words instead of a sentence embedder."
         ),
     ] = False,
-    backend: Annotated[
-        str | None, typer.Option(help="Model that writes degraded variants too: hf | openai.")
-    ] = None,
-    model: Annotated[
-        str | None, typer.Option(help="That model: path, bundled name, or server model name.")
-    ] = None,
-    base_url: Annotated[str | None, typer.Option(help="openai backend: server URL.")] = None,
+    backend: DegraderBackendOpt = None,
+    model: DegraderModelOpt = None,
+    base_url: BaseUrlOpt = None,
     llm_fraction: Annotated[
         float | None, typer.Option(help="Share of the variants the model writes [0.5].")
     ] = None,
@@ -76,21 +81,19 @@ def build(
     With --backend/--model a model writes a share of the variants; its failures are counted
     in the card and replaced by rule-based variants.
     """
-    from lmmixup.cli.app import _overrides
     from lmmixup.config import load_config
     from lmmixup.io.outputs import check_outputs, run_dir_lock
-    from lmmixup.mixture.build import LEXICAL, REJECTS_FILE, SPLITS, MixtureConfig, build_mixture
+    from lmmixup.mixture import LEXICAL, REJECTS_FILE, SPLITS, MixtureConfig, build_mixture
 
-    degrader = {"backend": backend, "model": model, "base_url": base_url}
-    flags = {f"degrader.{key}": value for key, value in degrader.items()}
-    flags |= {
-        "seeds": seeds or None,
-        "max_examples": max_examples,
-        "seed": seed,
-        "llm_fraction": llm_fraction,
-        "embedder": LEXICAL if no_embed else None,
-    }
-    cfg = load_config(MixtureConfig, config, _overrides(sets, **flags))
+    degrader = in_section("degrader", backend=backend, model=model, base_url=base_url)
+    flags = dict(
+        seeds=seeds or None,
+        max_examples=max_examples,
+        seed=seed,
+        llm_fraction=llm_fraction,
+        embedder=LEXICAL if no_embed else None,
+    )
+    cfg = load_config(MixtureConfig, config, overrides(sets, **degrader, **flags))
     written = [output / f"{split}.jsonl" for split in SPLITS]
     written += [output / "card.json", output / "card.md", output / REJECTS_FILE]
     check_outputs([spec.path for spec in cfg.seeds], written)
@@ -102,7 +105,7 @@ def build(
 
 def _report(card: dict, output: Path, seconds: float) -> None:
     """Print the record counts, the card's location and any model-degradation failures."""
-    from lmmixup.mixture.build import REJECTS_FILE
+    from lmmixup.mixture import REJECTS_FILE
 
     typer.echo(
         f"{card['records']:,} records ({card['cross_topic']:,} cross-topic) in {seconds:.1f} s "

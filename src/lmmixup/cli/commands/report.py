@@ -7,12 +7,14 @@ from typing import Annotated
 
 import typer
 
-EPILOG = (
-    "Examples:\n\n    lmmixup report runs/demo -o report.html\n\n"
-    "    lmmixup report runs/exp1            # writes runs/exp1/report.html"
+report_app = typer.Typer(rich_markup_mode="markdown")
+
+
+@report_app.command(
+    "report",
+    epilog="Examples:\n\n    lmmixup report runs/demo -o report.html\n\n"
+    "    lmmixup report runs/exp1            # writes runs/exp1/report.html",
 )
-
-
 def report(
     run_dir: Annotated[
         Path, typer.Argument(help="A run directory from `lmmixup run`, complete or interrupted.")
@@ -29,6 +31,6 @@ def report(
     The file needs nothing else to open (plots are inline SVG, no network). Sections whose
     files are missing say so, so an interrupted run still gets a report.
     """
-    from lmmixup.report.build import write_report
+    from lmmixup.report import write_report
 
     typer.echo(f"report -> {write_report(run_dir, output)}")

@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from lmmixup.cli.options import EmbedderOpt
+
 rewards_app = typer.Typer(
     help="Build what the GRPO rewards need (the quality reward's kNN-Bayes library).",
     no_args_is_help=True,
@@ -26,16 +28,14 @@ def rewards_group() -> None:
     "    lmmixup rewards build-library rated.jsonl -o lib --no-by-task --k-transition 2 "
     "--embedder sentence-transformers/all-mpnet-base-v2\n\n"
     "Then point `rewards.quality_library` of `lmmixup train grpo` / `lmmixup eval distiller` at it "
-    "(the plain `lmmixup.rewards.functions.quality_reward` callable reads $LMMIXUP_QUALITY_LIBRARY).",
+    "(the plain `lmmixup.rewards.quality_reward` callable reads $LMMIXUP_QUALITY_LIBRARY).",
 )
 def build_library_command(
     rated: Annotated[
         list[Path], typer.Argument(help="Rated records (JSONL with rating.score, task_type).")
     ],
     output: Annotated[Path, typer.Option("--output", "-o", help="Library folder to write.")],
-    embedder: Annotated[
-        str | None, typer.Option(help="Sentence embedder [bundled:minilm].")
-    ] = None,
+    embedder: EmbedderOpt = None,
     by_task: Annotated[
         bool, typer.Option("--by-task/--no-by-task", help="Also fit one scorer per task type.")
     ] = True,
@@ -51,7 +51,7 @@ def build_library_command(
     task type with enough samples. Records whose rating failed (`rating: null`) are skipped."""
     from lmmixup.backends.embed import load_embedder
     from lmmixup.config import DEFAULT_EMBEDDER
-    from lmmixup.rewards.functions import build_library, class_counts, read_rated, save_library
+    from lmmixup.rewards.library import build_library, class_counts, read_rated, save_library
 
     name = embedder or DEFAULT_EMBEDDER
     records, unrated = read_rated(rated)

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 
-if TYPE_CHECKING:
-    from lmmixup.config import Section
+from lmmixup.cli.options import ConfigOpt, MaxStepsOpt, SetOpt, load_section, overrides
 
 train_app = typer.Typer(
     help="Train the distiller: cold-start SFT on MIXTURE, then GRPO with the three rewards.",
@@ -16,12 +14,6 @@ train_app = typer.Typer(
     rich_markup_mode="markdown",
 )
 
-ConfigOpt = Annotated[
-    Path | None, typer.Option("--config", "-c", help="YAML file with this command's keys.")
-]
-SetOpt = Annotated[
-    list[str] | None, typer.Option("--set", help="Override a config key: KEY=VALUE (repeatable).")
-]
 ModelOpt = Annotated[
     str | None, typer.Option(help="Starting model: checkpoint path or bundled name.")
 ]
@@ -32,7 +24,6 @@ OutputOpt = Annotated[
     str | None,
     typer.Option("--output-dir", "-o", help="Checkpoints, steps.jsonl and OUTPUT/final."),
 ]
-MaxStepsOpt = Annotated[int | None, typer.Option(help="Stop after this many optimizer steps.")]
 
 
 @train_app.callback()
@@ -69,11 +60,10 @@ def sft(
     (loss on the target only). LoRA by default, merged into OUTPUT/final, which
     `lmmixup distill --model OUTPUT/final` loads. Re-running the same command resumes from the
     last checkpoint. The YAML may hold the keys at its top level or under `sft:`."""
-    from lmmixup.cli.app import _overrides
     from lmmixup.training.sft import SFTTrainConfig, train_sft
 
     flags = {"model": model, "mixture": mixture, "output_dir": output_dir, "max_steps": max_steps}
-    cfg = load_section(SFTTrainConfig, config, "sft", _overrides(sets, **flags))
+    cfg = load_section(SFTTrainConfig, config, "sft", overrides(sets, **flags))
     _report(train_sft(cfg))
 
 
@@ -96,24 +86,8 @@ def grpo(
     Per-reward means and std, step time and reward time go to OUTPUT/steps.jsonl. Re-running
     the same command resumes from the last checkpoint. The YAML may hold the keys at its top
     level or under `grpo:`."""
-    from lmmixup.cli.app import _overrides
     from lmmixup.training.grpo import GRPOTrainConfig, train_grpo
 
     flags = {"model": model, "mixture": mixture, "output_dir": output_dir, "max_steps": max_steps}
-    cfg = load_section(GRPOTrainConfig, config, "grpo", _overrides(sets, **flags))
+    cfg = load_section(GRPOTrainConfig, config, "grpo", overrides(sets, **flags))
     _report(train_grpo(cfg))
-
-
-def load_section(model: type[Section], path: Path | None, section: str, overrides: list[str]):
-    """The command's config: the YAML's `section:` mapping when it has one, else the whole file.
-
-    One file (e.g. examples/train_distiller.yaml) can so configure several commands.
-    """
-    from lmmixup.config import apply_overrides, load_yaml, validate
-
-    data = load_yaml(path) if path else {}
-    if isinstance(data.get(section), dict):
-        data = data[section]
-    apply_overrides(data, overrides)
-    origin = f"{path} ({section})" if path else section
-    return validate(model, data, origin)

@@ -1,0 +1,83 @@
+"""`lmmixup run`: the whole pipeline into one run directory, and its summary table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from lmmixup.cli.options import ForceStagesOpt, SetOpt
+
+run_app = typer.Typer(rich_markup_mode="markdown")
+
+
+@run_app.command(
+    epilog="Examples:\n\n    lmmixup run                      # the bundled demo, into runs/demo\n\n"
+    "    lmmixup run my.yaml --run-dir runs/exp1\n\n"
+    "    lmmixup run my.yaml --run-dir runs/exp1 --set select.budget=2000 --force"
+)
+def run(
+    config: Annotated[
+        Path | None, typer.Argument(help="Run config (YAML); none = the bundled demo.")
+    ] = None,
+    run_dir: Annotated[
+        Path,
+        typer.Option("--run-dir", "-d", help="Folder for every stage's outputs and manifests."),
+    ] = Path("runs/demo"),
+    sets: SetOpt = None,
+    force: ForceStagesOpt = False,
+) -> None:
+    """Run the whole pipeline; finished stages are skipped, interrupted ones resume."""
+    from lmmixup.workflows.pipeline import load_run_config, run_pipeline
+
+    cfg = load_run_config(config, sets or [])
+    summary = run_pipeline(cfg, run_dir, force=force)
+    _print_summary(summary)
+
+
+_HEADLINES = {
+    "import": lambda c: f"{c.get('kept', 0):,} kept, {c.get('rejected', 0):,} rejected",
+    "rate": lambda c: f"{c.get('rated', 0):,} rated, {c.get('failed', 0):,} failed",
+    "split": lambda c: f"{c.get('high', 0):,} high, {c.get('low', 0):,} low",
+    "cluster": lambda c: (
+        f"{c.get('clusters', 0):,} clusters of {c.get('records', 0):,}" + _below_min_size(c)
+    ),
+    "distill": lambda c: (
+        f"{c.get('distilled', 0):,} distilled, {sum(c.get('reject_reasons', {}).values()):,} rejected"
+    ),
+    "rerate": lambda c: f"{c.get('filter', {}).get('kept', 0):,} kept of {c.get('rated', 0):,}",
+    "select": lambda c: f"{c.get('rows', 0):,} rows {c.get('by_origin', {})}",
+}
+
+
+def _below_min_size(counts: dict) -> str:
+    """The cluster stage's note on clusters smaller than min_size, when there are any."""
+    small = counts.get("below_min_size", {}).get("clusters", 0)
+    return f" ({small:,} below min_size)" if small else ""
+
+
+def _print_summary(summary: dict) -> None:
+    """The run's table (records and time per stage) and where everything is."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"lmmixup run: {summary['run_dir']}")
+    for column in ("stage", "status", "records", "seconds"):
+        table.add_column(column)
+    for name, stage in summary["stages"].items():
+        status = "skipped (done)" if stage["skipped"] else stage["status"]
+        headline = _HEADLINES.get(name, lambda c: "")(stage["counts"])
+        table.add_row(name, status, headline, f"{stage['seconds'] or 0:.1f}")
+    console = Console()
+    console.print(table)
+    outputs = summary["outputs"]
+    if "select.train" in outputs:
+        console.print(
+            f"training set: {outputs['select.train']} (why each row: {outputs['select.why']})"
+        )
+    rejects = [path for key, path in outputs.items() if key.endswith(".rejects")]
+    console.print("rejects: " + ", ".join(rejects))
+    console.print(f"manifests: {summary['run_dir']}/<stage>/manifest.json")
+    console.print(f"every output: {Path(summary['run_dir']) / 'summary.json'}")
+    console.print(f"report: {summary['report']}")

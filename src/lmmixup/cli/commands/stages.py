@@ -1,0 +1,381 @@
+"""The standalone stage commands: `lmmixup rate`, `split`, `cluster`, `distill`, `select`.
+
+Each reads and writes files a user names; rate, cluster and distill run as resumable stages
+whose manifest sits beside their output.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from lmmixup.cli.options import (
+    BaseUrlOpt,
+    ConfigOpt,
+    EmbedderOpt,
+    ForceOpt,
+    JudgeBackendOpt,
+    SetOpt,
+    backend_opt,
+    in_section,
+    model_opt,
+    overrides,
+)
+
+stages_app = typer.Typer(rich_markup_mode="markdown")
+
+JudgeModelOpt = model_opt("Judge model")
+DistillerBackendOpt = backend_opt("Distiller backend")
+DistillerModelOpt = model_opt("Distiller")
+
+
+def _file_stage(output: Path, name: str, inputs: list[Path], section, body, force: bool) -> dict:
+    """Run a standalone command as a resumable stage whose manifest sits beside OUTPUT."""
+    from lmmixup.config import result_config
+    from lmmixup.runtime.runner import run_file_stage
+
+    result = run_file_stage(
+        output, name, inputs=inputs, config=result_config(section), body=body, force=force
+    )
+    if result.skipped:
+        typer.echo(
+            f"{output} is already complete for this config and input (use --force to redo it)"
+        )
+    return result.manifest.get("counts", {})
+
+
+@stages_app.command(
+    epilog="Examples:\n\n    lmmixup rate pool.jsonl -o rated.jsonl      # bundled SmolLM2, logprob mode\n\n"
+    "    lmmixup rate pool.jsonl -o rated.jsonl --backend openai --base-url http://localhost:8000/v1 "
+    "--model Qwen/Qwen2.5-7B-Instruct --concurrency 16 --max-requests 5000\n\n"
+    "    lmmixup rate pool.jsonl -o rated.jsonl --propagate 0.1 --curate\n\n"
+    "    lmmixup rate pool.jsonl -o rated.jsonl --method knn --library runs/x/rate/library"
+)
+def rate(
+    pool: Annotated[Path, typer.Argument(help="Pool records (JSONL).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Rated records (JSONL).")],
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+    backend: JudgeBackendOpt = None,
+    model: JudgeModelOpt = None,
+    base_url: Annotated[
+        str | None, typer.Option(help="openai backend: server URL, e.g. http://localhost:8000/v1.")
+    ] = None,
+    api_key_env: Annotated[
+        str | None, typer.Option(help="openai backend: variable holding the key [OPENAI_API_KEY].")
+    ] = None,
+    concurrency: Annotated[
+        int | None, typer.Option(help="openai backend: requests in flight.")
+    ] = None,
+    max_requests: Annotated[
+        int | None, typer.Option(help="openai backend: stop cleanly after this many requests.")
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help="hf backend: prompts per forward pass.")
+    ] = None,
+    mode: Annotated[
+        str | None,
+        typer.Option(
+            help="logprob (hf only; one forward pass) | generate | auto (logprob for hf, "
+            "generate for a server) [auto]."
+        ),
+    ] = None,
+    method: Annotated[str | None, typer.Option(help="judge | knn (score with --library).")] = None,
+    library: Annotated[
+        str | None, typer.Option(help="kNN-Bayes library folder for --method knn.")
+    ] = None,
+    propagate: Annotated[
+        float | None, typer.Option(help="Judge this fraction; score the rest with kNN-Bayes.")
+    ] = None,
+    curate: Annotated[
+        bool | None,
+        typer.Option("--curate/--no-curate", help="Flag ratings their neighbourhood contradicts."),
+    ] = None,
+    force: ForceOpt = False,
+) -> None:
+    """Rate every sample with the rubric judge (rarity, complexity, informativeness, overall).
+
+    A rating that fails is recorded as `rating: null` with `rating_error`, never as a default
+    score; running the same command again retries only the failures and the unrated rest.
+    """
+    from lmmixup.config import RateConfig, load_config
+    from lmmixup.io.cache import CallCache
+    from lmmixup.io.validate import POOL_RECORD, check_file
+    from lmmixup.runtime.runner import rejects_beside
+    from lmmixup.stages.judge import MAX_JUDGED_CHARS, TRUNCATED_KEY
+    from lmmixup.stages.rate import rate_pool
+
+    judge = in_section(
+        "judge",
+        backend=backend,
+        model=model,
+        base_url=base_url,
+        api_key_env=api_key_env,
+        concurrency=concurrency,
+        max_requests=max_requests,
+        batch_size=batch_size,
+    )
+    flags = dict(mode=mode, method=method, library=library, propagate=propagate, curate=curate)
+    cfg = load_config(RateConfig, config, overrides(sets, **judge, **flags))
+    check_file(pool, POOL_RECORD)
+
+    def body(stage) -> None:
+        work_dir = output.parent / (output.name.removesuffix(".jsonl") + ".work")
+        counts = rate_pool(
+            pool, output, rejects_beside(output), cfg, CallCache(), work_dir, stage.previous_runs
+        )
+        stage.counts.update(counts)
+        if counts["failed"]:
+            stage.partial = f"{counts['failed']} ratings failed"
+
+    counts = _file_stage(output, "rate", [pool], cfg, body, force)
+    typer.echo(f"rated {counts.get('rated', 0):,}, failed {counts.get('failed', 0):,} -> {output}")
+    typer.echo(f"scores 0-5: {counts.get('score_histogram', {})}")
+    if counts.get("failed"):
+        typer.echo("re-run the same command to retry the failed ratings")
+    if counts.get(TRUNCATED_KEY):
+        typer.echo(
+            f"{counts[TRUNCATED_KEY]:,} records were judged on the first {MAX_JUDGED_CHARS:,} "
+            f"characters of a longer prompt or completion (marked {TRUNCATED_KEY})"
+        )
+    if "agreement" in counts:
+        typer.echo(f"kNN-Bayes agreement with the judge on held-out samples: {counts['agreement']}")
+
+
+@stages_app.command(
+    epilog="Examples:\n\n    lmmixup split rated.jsonl --high high.jsonl --low low.jsonl\n\n"
+    "    lmmixup split rated.jsonl --high high.jsonl --low low.jsonl --high-fraction 0.2"
+)
+def split(
+    rated: Annotated[Path, typer.Argument(help="Rated records (JSONL).")],
+    high: Annotated[Path, typer.Option(help="Output: high-quality records.")],
+    low: Annotated[Path, typer.Option(help="Output: low-quality records.")],
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+    threshold: Annotated[int | None, typer.Option(help="High <=> score >= threshold [4].")] = None,
+    high_fraction: Annotated[
+        float | None, typer.Option(help="Take this top fraction as high instead.")
+    ] = None,
+) -> None:
+    """Split rated records into high and low quality; failed ratings go to unrated.jsonl."""
+    from lmmixup.config import SplitConfig, load_config
+    from lmmixup.io.outputs import claim_outputs
+    from lmmixup.stages.split import split_file, unrated_path
+
+    cfg = load_config(
+        SplitConfig, config, overrides(sets, threshold=threshold, high_fraction=high_fraction)
+    )
+    written = [high, low, unrated_path(low)]
+    with claim_outputs([rated], written, records=written):
+        counts = split_file(rated, high, low, cfg)
+    typer.echo(
+        f"high {counts['high']:,} -> {high}; low {counts['low']:,} -> {low} ({counts['rule']})"
+    )
+    for source, c in counts["per_source"].items():
+        typer.echo(f"  {source}: high {c['high']:,}, low {c['low']:,}")
+    if counts["unrated"]:
+        typer.echo(
+            f"{counts['unrated']:,} records have no rating (failures) -> {counts['unrated_file']}"
+        )
+
+
+@stages_app.command(
+    epilog="Examples:\n\n    lmmixup cluster low.jsonl -o clusters.jsonl\n\n"
+    "    lmmixup cluster low.jsonl -o clusters.jsonl --min-size 2 --max-size 5 --mean-size 3 --std-size 1 --seed 0\n\n"
+    "    lmmixup cluster low.jsonl -o clusters.jsonl --per-source"
+)
+def cluster(
+    low: Annotated[
+        Path, typer.Argument(help="Records to cluster (JSONL), e.g. the low-quality split.")
+    ],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Cluster records (JSONL).")],
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+    min_size: Annotated[int | None, typer.Option(help="Smallest cluster [2].")] = None,
+    max_size: Annotated[int | None, typer.Option(help="Largest cluster [25].")] = None,
+    mean_size: Annotated[float | None, typer.Option(help="Mean drawn cluster size [10].")] = None,
+    std_size: Annotated[float | None, typer.Option(help="Std of drawn cluster sizes [3].")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed for sizes and k-means [0].")] = None,
+    per_source: Annotated[
+        bool | None,
+        typer.Option("--per-source/--all-sources", help="Cluster each source separately."),
+    ] = None,
+    embedder: EmbedderOpt = None,
+    force: ForceOpt = False,
+) -> None:
+    """Group records into clusters of pre-drawn sizes (capacity-constrained, k-means centres)."""
+    from lmmixup.config import ClusterConfig, load_config
+    from lmmixup.io.validate import POOL_RECORD, check_file
+    from lmmixup.stages.cluster import cluster_file
+
+    flags = {
+        "min_size": min_size,
+        "max_size": max_size,
+        "mean_size": mean_size,
+        "std_size": std_size,
+        "seed": seed,
+        "per_source": per_source,
+        "embedder": embedder,
+    }
+    cfg = load_config(ClusterConfig, config, overrides(sets, **flags))
+    check_file(low, POOL_RECORD)
+    counts = _file_stage(
+        output,
+        "cluster",
+        [low],
+        cfg,
+        lambda stage: stage.counts.update(cluster_file(low, output, cfg)),
+        force,
+    )
+    typer.echo(
+        f"{counts.get('records', 0):,} records -> {counts.get('clusters', 0):,} clusters -> {output}"
+    )
+    typer.echo(
+        f"sizes: {counts.get('size_histogram', {})}; mean cohesion {counts.get('mean_cohesion')}"
+    )
+    small = counts.get("below_min_size", {})
+    if small.get("clusters"):
+        typer.echo(
+            f"note: {small['clusters']:,} cluster(s) holding {small['records']:,} record(s) are "
+            f"smaller than min_size {cfg.min_size}: their groups had fewer records than that"
+        )
+
+
+@stages_app.command(
+    epilog="Examples:\n\n    lmmixup distill clusters.jsonl --pool low.jsonl -o distilled.jsonl\n\n"
+    "    lmmixup distill clusters.jsonl --pool low.jsonl -o distilled.jsonl --model runs/distiller/final\n\n"
+    "    lmmixup distill clusters.jsonl --pool low.jsonl -o distilled.jsonl --backend openai "
+    "--base-url http://localhost:8000/v1 --model my-distiller"
+)
+def distill(
+    clusters: Annotated[
+        Path, typer.Argument(help="Cluster records (JSONL) from `lmmixup cluster`.")
+    ],
+    pool: Annotated[Path, typer.Option(help="The records the clusters' member_ids refer to.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Distilled records (JSONL).")],
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+    backend: DistillerBackendOpt = None,
+    model: DistillerModelOpt = None,
+    base_url: BaseUrlOpt = None,
+    batch_size: Annotated[int | None, typer.Option(help="Clusters per generate call.")] = None,
+    max_new_tokens: Annotated[
+        int | None, typer.Option(help="Tokens per distillation [512].")
+    ] = None,
+    temperature: Annotated[float | None, typer.Option(help="0 = greedy [0].")] = None,
+    repetition_penalty: Annotated[
+        float | None, typer.Option(help="Repetition penalty [1.05].")
+    ] = None,
+    force: ForceOpt = False,
+) -> None:
+    """Merge each cluster into one instruction/response pair with the distiller model.
+
+    Outputs that do not parse, copy one member, drift from the cluster or are truncated go to
+    the rejects file with the reason. Interrupted runs resume at the next cluster.
+    """
+    from lmmixup.config import DistillConfig, load_config
+    from lmmixup.io.cache import CallCache
+    from lmmixup.runtime.runner import rejects_beside
+    from lmmixup.stages.distill import distill_clusters, read_distill_inputs
+
+    generator = in_section(
+        "generator", backend=backend, model=model, base_url=base_url, batch_size=batch_size
+    )
+    flags = dict(
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        repetition_penalty=repetition_penalty,
+    )
+    cfg = load_config(DistillConfig, config, overrides(sets, **generator, **flags))
+    read_distill_inputs(clusters, pool, allow_empty=False)
+
+    def body(stage) -> None:
+        stage.counts.update(
+            distill_clusters(clusters, pool, output, rejects_beside(output), cfg, CallCache())
+        )
+
+    counts = _file_stage(output, "distill", [clusters, pool], cfg, body, force)
+    typer.echo(f"distilled {counts.get('distilled', 0):,} clusters -> {output}")
+    typer.echo(f"rejected: {counts.get('reject_reasons', {})} -> {rejects_beside(output)}")
+
+
+@stages_app.command(
+    epilog="Examples:\n\n    lmmixup select --original high.jsonl --mixup distilled.jsonl -o train.jsonl --budget 10000 --mixup-ratio 0.3\n\n"
+    "    lmmixup select --baseline random --pool rated.jsonl -o random.jsonl --budget 10000\n\n"
+    "    lmmixup select --baseline ds2-like --pool rated.jsonl -o ds2.jsonl --budget 10000\n\n"
+    "    lmmixup select --baseline high-only --pool rated.jsonl --high high.jsonl -o high.train.jsonl"
+)
+def select(
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Training set (prompt/completion JSONL).")
+    ],
+    original: Annotated[
+        Path | None, typer.Option(help="High-quality original records (rated).")
+    ] = None,
+    mixup: Annotated[
+        Path | None, typer.Option(help="Distilled records (re-rated and kept).")
+    ] = None,
+    baseline: Annotated[
+        str | None,
+        typer.Option(
+            help="Instead: random | full | high-only | low-only | high-low | label-filtered | ds2-like, from --pool."
+        ),
+    ] = None,
+    pool: Annotated[Path | None, typer.Option(help="Rated pool, for --baseline.")] = None,
+    high: Annotated[
+        Path | None,
+        typer.Option(
+            help="The split's high part: high-only, low-only and high-low take their bands from it instead of score >= 4."
+        ),
+    ] = None,
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+    budget: Annotated[int | None, typer.Option(help="Rows in the training set.")] = None,
+    mixup_ratio: Annotated[
+        str | None,
+        typer.Option(help="Distilled share of the budget: 0.3, or 3:7 (distilled:original)."),
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Shuffle seed [42].")] = None,
+    allow_short: Annotated[
+        bool,
+        typer.Option(
+            help="Return fewer rows than the budget when even both sides together are too few."
+        ),
+    ] = False,
+) -> None:
+    """Select a training set at an exact budget and ratio; every row says why it was chosen.
+
+    When one side has too few candidates, the other side fills the gap (flagged in the
+    .why.jsonl file and reported); with too few in total it stops unless --allow-short.
+    """
+    from lmmixup.config import SelectConfig, load_config
+    from lmmixup.errors import LmmixupError
+    from lmmixup.io.outputs import check_outputs
+    from lmmixup.stages.select import BASELINES, select_baseline, select_files, why_path
+
+    ratio = None
+    if mixup_ratio is not None:
+        from lmmixup.method.selection import parse_ratio
+
+        ratio = parse_ratio(mixup_ratio)
+    cfg = load_config(
+        SelectConfig, config, overrides(sets, budget=budget, mixup_ratio=ratio, seed=seed)
+    )
+    inputs = [path for path in (original, mixup, pool, high) if path is not None]
+    check_outputs(inputs, [output, why_path(output)], records=[output])
+    if baseline is not None:
+        if baseline not in BASELINES or pool is None:
+            raise LmmixupError(f"--baseline takes one of {', '.join(BASELINES)} and needs --pool")
+        summary = select_baseline(baseline, pool, output, cfg, high=high, allow_short=allow_short)
+    elif original is None or mixup is None:
+        raise LmmixupError("give --original and --mixup (or --baseline NAME --pool RATED)")
+    else:
+        summary = select_files(
+            original, mixup, output, cfg, allow_short=allow_short, allow_empty=False
+        )
+    typer.echo(f"selected {summary['rows']:,} rows -> {output} (why: {why_path(output)})")
+    typer.echo(f"by origin: {summary['by_origin']}; by source: {summary['by_source']}")
+    for note in summary.get("notes", []):
+        typer.echo(f"note: {note}")
