@@ -17,10 +17,10 @@ from lmmixup.evaluation.distiller import (
     ModelSpec,
     attach_ratings,
     evaluate_distillers,
-    markdown_table,
     model_results,
     parse_model_spec,
     record_entries,
+    results_markdown,
     unique_specs,
 )
 from lmmixup.io.cache import CallCache
@@ -192,7 +192,7 @@ def test_markdown_shows_missing_values_as_dashes(rewards):
     entries = record_entries(RECORDS[:1], [Generation("no tags", "length")], rewards)
     result = {"model": "m", "records": 1, **model_results(entries, 0.5)}
     result["rewards"]["quality"] = result["rewards"]["total"] = None
-    table = markdown_table({"test": "t.jsonl", "records": 1, "models": {"m": result}})
+    table = results_markdown({"test": "t.jsonl", "records": 1, "models": {"m": result}})
     assert "| reward: quality | – |" in table
     assert "| judge overall 1-10: all | – |" in table
     assert "| truncated replies | 1 |" in table

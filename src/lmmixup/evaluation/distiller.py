@@ -39,6 +39,7 @@ from lmmixup.errors import LmmixupError
 from lmmixup.io.cache import CallCache
 from lmmixup.io.jsonl import write_records
 from lmmixup.io.validate import MIXTURE_RECORD, read_checked
+from lmmixup.markdown import markdown_table
 from lmmixup.method.prompt import prompt_messages
 from lmmixup.method.reply import answer_to_pair, reply_format
 from lmmixup.progress import progress
@@ -261,7 +262,7 @@ def _cell(value: Any, percent: bool = False) -> str:
     return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
-def markdown_table(results: dict[str, Any]) -> str:
+def results_markdown(results: dict[str, Any]) -> str:
     """The side-by-side table: one row per measure, one column per model."""
     models = results["models"]
     labels = list(models)
@@ -287,12 +288,12 @@ def markdown_table(results: dict[str, Any]) -> str:
     add("no pair parsed", lambda m: m["judge"]["all"]["no_pair"])
     add("judge failures", lambda m: m["judge"]["all"]["failed"])
     add("truncated replies", lambda m: m["generation"]["truncated"])
-    header = "| measure | " + " | ".join(labels) + " |"
-    rule = "|---|" + "---:|" * len(labels)
-    body = [f"| {name} | " + " | ".join(cells) + " |" for name, cells in rows]
+    table = markdown_table(
+        ["measure", *labels], [[name, *cells] for name, cells in rows], right_from=1
+    )
     title = f"# Distiller evaluation on {results['test']} ({results['records']} records)"
     legend = "\n".join(f"- **{label}**: `{models[label]['model']}`" for label in labels)
-    return "\n".join([title, "", legend, "", header, rule, *body]) + "\n"
+    return "\n".join([title, "", legend, "", *table]) + "\n"
 
 
 # ---------------------------------------------------------------------------- the command
@@ -360,5 +361,5 @@ def evaluate_distillers(
         summary = model_results(entries, seconds[spec.label])
         results["models"][spec.label] = {"model": spec.model, "records": len(entries), **summary}
     (out / RESULTS_JSON).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    (out / RESULTS_MD).write_text(markdown_table(results), encoding="utf-8")
+    (out / RESULTS_MD).write_text(results_markdown(results), encoding="utf-8")
     return results

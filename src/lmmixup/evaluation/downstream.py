@@ -42,6 +42,7 @@ from lmmixup.config import OPERATIONAL, Section, result_config
 from lmmixup.errors import LmmixupError
 from lmmixup.hashing import hash_file, hash_value
 from lmmixup.io.assets import model_fingerprint, resolve_model
+from lmmixup.markdown import markdown_table
 from lmmixup.progress import progress
 from lmmixup.runtime.manifest import read_manifest, write_manifest
 
@@ -239,7 +240,7 @@ def evaluate_models(models: Mapping[str, str], cfg: DownstreamConfig) -> dict[st
             advance()
     results = summarise(per_model, cfg)
     (out / RESULTS_JSON).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    (out / RESULTS_MD).write_text(markdown_table(results), encoding="utf-8")
+    (out / RESULTS_MD).write_text(results_markdown(results), encoding="utf-8")
     return results
 
 
@@ -317,7 +318,7 @@ def _cell(value: float | None) -> str:
     return "–" if value is None else f"{value:.4f}"
 
 
-def markdown_table(results: Mapping[str, Any]) -> str:
+def results_markdown(results: Mapping[str, Any]) -> str:
     """The comparison table (rows = models, columns = primary metrics + average), then every
     metric per task."""
     models, primaries = results["models"], results["primary_metrics"]
@@ -326,12 +327,19 @@ def markdown_table(results: Mapping[str, Any]) -> str:
     lines = [
         "# Downstream evaluation (lm-evaluation-harness)",
         "",
-        "| model | " + " | ".join(head) + " | average |",
-        "|---|" + "---:|" * (len(tasks) + 1),
+        *markdown_table(
+            ["model", *head, "average"],
+            [
+                [
+                    label,
+                    *(_cell(entry["tasks"].get(task, {}).get("primary")) for task in tasks),
+                    _cell(entry["average"]),
+                ]
+                for label, entry in models.items()
+            ],
+            right_from=1,
+        ),
     ]
-    for label, entry in models.items():
-        cells = [_cell(entry["tasks"].get(task, {}).get("primary")) for task in tasks]
-        lines.append(f"| {label} | " + " | ".join(cells) + f" | {_cell(entry['average'])} |")
     lines += ["", "Average: mean of the higher-is-better primary metrics.", ""]
     lines += [f"- **{label}**: `{entry['model']}`" for label, entry in models.items()]
     for task in tasks:
@@ -340,14 +348,9 @@ def markdown_table(results: Mapping[str, Any]) -> str:
                 k for e in models.values() for k in e["tasks"].get(task, {}).get("metrics", {})
             )
         )
-        lines += [
-            "",
-            f"## {task}",
-            "",
-            "| model | " + " | ".join(keys) + " |",
-            "|---|" + "---:|" * len(keys),
+        rows = [
+            [label, *(_cell(entry["tasks"].get(task, {}).get("metrics", {}).get(k)) for k in keys)]
+            for label, entry in models.items()
         ]
-        for label, entry in models.items():
-            metrics = entry["tasks"].get(task, {}).get("metrics", {})
-            lines.append(f"| {label} | " + " | ".join(_cell(metrics.get(k)) for k in keys) + " |")
+        lines += ["", f"## {task}", "", *markdown_table(["model", *keys], rows, right_from=1)]
     return "\n".join(lines) + "\n"

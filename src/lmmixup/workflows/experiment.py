@@ -27,6 +27,7 @@ from pydantic import Field
 from lmmixup.config import DEFAULT_LM, RunConfig, Section, SelectConfig, result_config, validate
 from lmmixup.errors import LmmixupError
 from lmmixup.io.jsonl import read_records, write_records, write_text_atomic
+from lmmixup.markdown import markdown_table
 from lmmixup.runtime.runner import StageDir, run_stage, stage_is_current
 
 DEFAULT_ARMS = [
@@ -350,18 +351,17 @@ def _cell(value: float | None) -> str:
 def markdown(table: dict) -> str:
     """The table as Markdown: one row per arm, a column per task, the average, the rows used."""
     tasks = table["tasks"]
-    lines = [
-        "| arm | train rows | " + " | ".join(tasks) + " | average |",
-        "|---|---:|" + "---:|" * (len(tasks) + 1),
+    rows = [
+        [
+            row["arm"],
+            row["train_rows"],
+            *(_cell(row["values"].get(task)) for task in tasks),
+            _cell(row["average"]),
+        ]
+        for row in table["rows"]
     ]
-    for row in table["rows"]:
-        cells = [_cell(row["values"].get(task)) for task in tasks]
-        lines.append(
-            f"| {row['arm']} | {row['train_rows']} | "
-            + " | ".join(cells)
-            + f" | {_cell(row['average'])} |"
-        )
-    return "\n".join(lines) + "\n"
+    header = ["arm", "train rows", *tasks, "average"]
+    return "\n".join(markdown_table(header, rows, right_from=1)) + "\n"
 
 
 # ---------------------------------------------------------------------------- config
