@@ -357,3 +357,232 @@ def test_cluster_command_notes_clusters_below_min_size(tmp_path, monkeypatch, ca
     main()
     out = capsys.readouterr().out
     assert "note: 2 cluster(s) holding 3 record(s) are smaller than min_size 3" in out
+    # random 8-d vectors make loose clusters: the ones of 3 or more are below the floor
+    assert "are below min_cohesion 0.95 (coherent: false): distill skips them" in out
+    assert "near-duplicate" not in out
+
+
+# ---------------------------------------------------------------------------------------
+# greedy k-means++ seeding
+
+
+def _plain_kmeanspp(X: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Non-greedy k-means++ (one candidate per seed), the baseline greedy seeding must beat."""
+    seeds = [int(rng.integers(len(X)))]
+    nearest = X @ X[seeds[0]]
+    for _ in range(1, k):
+        weight = np.maximum(1.0 - nearest.astype(np.float64), 0.0)
+        weight[seeds] = 0.0
+        seeds.append(int(rng.choice(len(X), p=weight / weight.sum())))
+        nearest = np.maximum(nearest, X @ X[seeds[-1]])
+    return np.array(seeds)
+
+
+def _potential(X: np.ndarray, seeds: np.ndarray) -> float:
+    """Total distance (1 - cos) of the rows to their nearest seed."""
+    return float(np.sum(1.0 - (X @ X[seeds].T).max(axis=1)))
+
+
+def _blobs_with_outliers(seed: int = 0) -> np.ndarray:
+    """Tight blobs of unequal sizes plus scattered outliers: plain k-means++ wastes seeds on
+    outliers, greedy k-means++ mostly does not."""
+    rng = np.random.default_rng(seed)
+    X, _ = _blobs(n_blobs=20, per_blob=15, d=16, noise=0.15, seed=seed)
+    outliers = rng.standard_normal((60, 16))
+    X = np.concatenate([X, outliers / np.linalg.norm(outliers, axis=1, keepdims=True)])
+    return X.astype(np.float32)
+
+
+@pytest.mark.parametrize("greedy", [False, True])
+@pytest.mark.parametrize("k", [7, 40, 300])  # one seed per round, and rounds of several
+def test_seeds_are_distinct_and_deterministic(k, greedy):
+    X = _unit(400, 12, seed=9)
+    a = clustering._seed_centres(X, k, np.random.default_rng(3), greedy=greedy)
+    assert len(set(a.tolist())) == k
+    assert np.array_equal(
+        a, clustering._seed_centres(X, k, np.random.default_rng(3), greedy=greedy)
+    )
+    assert not np.array_equal(
+        a, clustering._seed_centres(X, k, np.random.default_rng(4), greedy=greedy)
+    )
+
+
+@pytest.mark.parametrize("greedy", [False, True])
+def test_seeds_handle_duplicated_points(greedy):
+    X = np.repeat(_unit(5, 6, seed=1), 8, axis=0)  # 40 rows, 5 distinct
+    seeds = clustering._seed_centres(X, 12, np.random.default_rng(0), greedy=greedy)
+    assert len(set(seeds.tolist())) == 12
+    assert len({tuple(X[s]) for s in seeds}) == 5  # every distinct point is a seed
+
+
+def test_plain_seeds_are_textbook_kmeanspp_when_k_is_small():
+    X = _blobs_with_outliers()
+    for s in range(3):
+        ours = clustering._seed_centres(X, 20, np.random.default_rng(s))
+        assert np.array_equal(ours, _plain_kmeanspp(X, 20, np.random.default_rng(s)))
+
+
+def test_greedy_seeds_leave_a_lower_potential_than_plain_ones():
+    X = _blobs_with_outliers()
+
+    def potential(greedy: bool) -> float:
+        return np.mean(
+            [
+                _potential(
+                    X, clustering._seed_centres(X, 20, np.random.default_rng(s), greedy=greedy)
+                )
+                for s in range(8)
+            ]
+        )
+
+    assert potential(True) < 0.9 * potential(False)
+
+
+def test_greedy_seeding_gives_clusters_at_least_as_cohesive_where_it_shows():
+    X = _blobs_with_outliers(seed=1)
+    sizes = [15] * 20 + [2] * 30
+
+    def mean_cohesion(greedy: bool) -> float:
+        runs = [cluster_embeddings(X, sizes=sizes, seed=s, greedy_seeding=greedy) for s in range(5)]
+        return float(np.mean([np.mean(cohesion(X, labels)) for labels in runs]))
+
+    assert mean_cohesion(True) >= mean_cohesion(False)
+
+
+def test_greedy_seeding_reaches_both_clustering_paths(monkeypatch):
+    X = _unit(300, 8, seed=2)
+    calls = []
+    seed_centres = clustering._seed_centres
+    monkeypatch.setattr(
+        clustering,
+        "_seed_centres",
+        lambda *a, greedy=False: calls.append(greedy) or seed_centres(*a, greedy=greedy),
+    )
+    labels = cluster_embeddings(X, seed=0, greedy_seeding=True, **SIZE_KW)
+    monkeypatch.setattr(clustering, "_FLAT_LIMIT", 0)
+    two_level = cluster_embeddings(X, seed=0, greedy_seeding=True, **SIZE_KW)
+    assert calls and all(calls)
+    _assert_partition(labels, np.bincount(labels))
+    _assert_partition(two_level, np.bincount(two_level))
+
+
+# ---------------------------------------------------------------------------------------
+# near-duplicates and the cohesion floor in the cluster stage
+
+
+def _near(v: np.ndarray, cos: float, seed: int) -> np.ndarray:
+    """A unit vector at cosine `cos` from unit `v`."""
+    w = np.random.default_rng(seed).standard_normal(v.shape)
+    w -= (w @ v) * v
+    w /= np.linalg.norm(w)
+    return (cos * v + np.sqrt(1 - cos**2) * w).astype(np.float32)
+
+
+def test_near_duplicates_keep_the_first_and_name_it():
+    from lmmixup.stages.cluster import near_duplicate_of
+
+    def at(angle: float) -> np.ndarray:  # unit vectors in one plane of 8-d space
+        return np.array([np.cos(angle), np.sin(angle), 0, 0, 0, 0, 0, 0], dtype=np.float32)
+
+    step = np.arccos(0.95)  # neighbours one step apart have cosine 0.95, two steps 0.805
+    X = np.stack([at(0), at(step), np.eye(8, dtype=np.float32)[5], at(0), at(2 * step)])
+    of = near_duplicate_of(X, 0.92)
+    # 1 duplicates 0; 2 is unrelated; 3 is an exact copy of 0; 4 is close only to 1, which was
+    # set aside, so nothing kept is within the threshold and 4 is kept.
+    assert of == [None, 0, None, 0, None]
+    assert near_duplicate_of(X, 0.8) == [None, 0, None, 0, 0]
+    assert near_duplicate_of(X[[0, 1, 2, 4]], 1.0) == [None] * 4
+    assert near_duplicate_of(X[:0], 0.9) == []
+
+
+def test_near_duplicates_in_a_group_larger_than_one_search():
+    from lmmixup.stages.cluster import near_duplicate_of
+
+    rng = np.random.default_rng(0)
+    centre = _unit(1, 64, seed=3)[0]
+    group = np.stack([_near(centre, 0.99, s) for s in range(40)])  # all pairs >= 0.96
+    X = np.concatenate([_unit(30, 64, seed=4), group])[rng.permutation(70)]
+    of = near_duplicate_of(X, 0.95)
+    members = [i for i in range(70) if X[i] @ centre > 0.98]
+    assert of[members[0]] is None
+    assert all(of[i] is not None and of[i] == members[0] for i in members[1:])
+    assert all(of[i] is None for i in range(70) if i not in members)
+
+
+class _TableEmbedder:
+    """Vectors looked up by the record's prompt."""
+
+    def __init__(self, table: dict[str, np.ndarray]):
+        self.table = table
+
+    def encode(self, texts, description=""):
+        return np.stack([self.table[t.split("\n")[0]] for t in texts])
+
+
+def test_cluster_file_sets_near_duplicates_aside_and_marks_incoherent_clusters(
+    tmp_path, monkeypatch
+):
+    from lmmixup.config import ClusterConfig
+    from lmmixup.io.jsonl import read_records, write_records
+    from lmmixup.stages.cluster import cluster_file
+
+    X, _ = _blobs(n_blobs=3, per_blob=4, d=32, noise=0.3, seed=5)
+    loose = _unit(6, 32, seed=6)  # unrelated records: they can only form loose clusters
+    dups = np.stack([_near(X[0], 0.995, 1), _near(X[5], 0.995, 2)])
+    vectors = np.concatenate([X, loose, dups]).astype(np.float32)
+    records = [
+        {"id": f"r{i}", "prompt": f"q{i}", "completion": "a", "source": "s"}
+        for i in range(len(vectors))
+    ]
+    table = {f"q{i}": v for i, v in enumerate(vectors)}
+    monkeypatch.setattr("lmmixup.stages.cluster.load_embedder", lambda name: _TableEmbedder(table))
+    write_records(tmp_path / "low.jsonl", records)
+    cfg = ClusterConfig(
+        min_size=2, max_size=4, mean_size=3, std_size=1, min_cohesion=0.9, dedup_threshold=0.99
+    )
+    counts = cluster_file(tmp_path / "low.jsonl", tmp_path / "c.jsonl", cfg)
+    clusters = read_records(tmp_path / "c.jsonl")
+    rejects = read_records(tmp_path / "c.rejects.jsonl")
+    assert [(r["id"], r["reason"], r["duplicate_of"]) for r in rejects] == [
+        ("r18", "near_duplicate", "r0"),
+        ("r19", "near_duplicate", "r5"),
+    ]
+    assert all(r["similarity"] >= 0.99 and r["prompt"] for r in rejects)
+    clustered = [m for c in clusters for m in c["member_ids"]]
+    assert sorted(clustered + [r["id"] for r in rejects]) == sorted(r["id"] for r in records)
+    for c in clusters:
+        assert c["coherent"] is (c["cohesion"] >= 0.9)
+    blob_of = {f"r{i}": i // 4 for i in range(12)}  # r12..r17 are the unrelated records
+    for c in clusters:
+        one_blob = len({blob_of.get(m, m) for m in c["member_ids"]}) == 1
+        assert c["coherent"] is one_blob, c
+    incoherent = [c for c in clusters if not c["coherent"]]
+    assert incoherent
+    assert counts["near_duplicates"] == 2
+    assert counts["reject_reasons"] == {"near_duplicate": 2}
+    assert counts["incoherent_clusters"] == len(incoherent)
+    assert counts["incoherent_members"] == sum(c["size"] for c in incoherent)
+
+    # dedup off, floor 0: nothing set aside, every cluster coherent
+    off = ClusterConfig(min_size=2, max_size=4, mean_size=3, std_size=1, min_cohesion=0)
+    counts = cluster_file(tmp_path / "low.jsonl", tmp_path / "c.jsonl", off)
+    assert counts["near_duplicates"] == 0 and counts["incoherent_clusters"] == 0
+    assert read_records(tmp_path / "c.rejects.jsonl") == []
+    assert all(c["coherent"] for c in read_records(tmp_path / "c.jsonl"))
+
+
+def test_cluster_stage_declares_its_rejects_file():
+    from lmmixup.stages.cluster import CLUSTER
+
+    assert CLUSTER.outputs == {"clusters": "clusters.jsonl", "rejects": "rejects.jsonl"}
+
+
+def test_a_cluster_at_the_floor_is_coherent():
+    from lmmixup.config import ClusterConfig
+    from lmmixup.stages.cluster import cluster_records
+
+    v = _unit(2, 8, seed=8)
+    vectors = np.stack([v[0], v[0], v[1], _near(v[1], 0.5, 3)])  # cohesion 1.0 and ~0.866
+    cfg = ClusterConfig(min_size=2, max_size=2, mean_size=2, std_size=0, min_cohesion=1.0)
+    clusters = cluster_records(_records({"s": 4}), vectors, cfg)
+    assert sorted((c["cohesion"], c["coherent"]) for c in clusters) == [(0.866, False), (1.0, True)]

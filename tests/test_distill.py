@@ -469,3 +469,134 @@ def test_tiny_llama_through_hf_backend(tmp_path, monkeypatch, tiny_llama):
     fresh = run("b")
     assert (fresh["already_done"], cache.hits, cache.misses) == (0, 2, 2)
     json.dumps(fresh)
+
+
+# ---------------------------------------------------------------------------- verifiers, coherence, best-of-n
+
+MATH_POOL = [
+    {
+        "id": "p1",
+        "prompt": "Theo has $10 and buys a pen for $7. How much does he have left?",
+        "completion": "Theo spends $7 of his $10, so 10 - 7 = 3 dollars are left.\n#### 3",
+        "source": "s",
+    },
+    {
+        "id": "p2",
+        "prompt": "Theo had 10 dollars and bought a pen for 7 dollars. How much money is left?",
+        "completion": "He has 10 - 7 = 3 dollars left. The answer is 3.",
+        "source": "s",
+    },
+]
+MATH_CLUSTER = {"cluster_id": "c9", "source": "s", "member_ids": ["p1", "p2"], "size": 2}
+MATH_QUESTION = "With $10, Theo buys a pen for $7. What money remains?"
+RIGHT = f"<answer>Q: {MATH_QUESTION}\nA: He spends $7 of his $10: 10 - 7 = 3 dollars left.\n#### 3</answer>"
+WRONG = f"<answer>Q: {MATH_QUESTION}\nA: Theo received $10 - $1 = $10.\n#### 10</answer>"
+
+
+class SeededGenerator:
+    """Replies by the call's seed (candidate i has seed i); records each call's params."""
+
+    name = "seeded"
+    fingerprint = "seeded"
+
+    def __init__(self, replies: list[str]):
+        self.replies = replies
+        self.params: list = []
+
+    def generate(self, prompts, params):
+        self.params.append(params)
+        return [Generation(self.replies[params.seed], "stop") for _ in prompts]
+
+
+def test_a_pair_failing_a_verifier_is_rejected_with_its_reason_and_scores():
+    members = {record["id"]: record for record in MATH_POOL}
+    generator = SeededGenerator([WRONG])
+    (record,) = make_distill_fn(generator, ConstantEmbedder(), CFG, members)([MATH_CLUSTER])
+    assert record[REJECT_KEY] == "answer_mismatch"
+    checks = record["checks"]
+    assert checks["answer"] == "10" and checks["member_answers"] == ["3"]
+    assert checks["answer_agrees"] is False and "answer_mismatch" in checks["flags"]
+    for key in (
+        "unsupported_numbers",
+        "placeholders",
+        "unsupported_entities",
+        "near_copy",
+        "coverage",
+    ):
+        assert key in checks
+
+
+def test_a_faithful_pair_is_kept_with_its_scores():
+    members = {record["id"]: record for record in MATH_POOL}
+    (record,) = make_distill_fn(SeededGenerator([RIGHT]), ConstantEmbedder(), CFG, members)(
+        [MATH_CLUSTER]
+    )
+    assert REJECT_KEY not in record and record["checks"]["flags"] == []
+    assert record["checks"]["answer_agrees"] is True and "candidates" not in record
+
+
+def test_incoherent_clusters_are_rejected_without_a_model_call():
+    members = {record["id"]: record for record in POOL}
+    generator, embedder = _fixture_generator(), ConstantEmbedder()
+    clusters = [{**CLUSTERS[0], "coherent": False, "cohesion": 0.2}, CLUSTERS[1]]
+    incoherent, other = make_distill_fn(generator, embedder, CFG, members)(clusters)
+    assert incoherent == {
+        "id": "mix-c1",
+        "source": "s",
+        "cluster_id": "c1",
+        "member_ids": ["m1", "m2"],
+        "cohesion": 0.2,
+        REJECT_KEY: "incoherent",
+    }
+    assert other["cluster_id"] == "c2" and generator.calls == [1]
+    only_incoherent = [{**CLUSTERS[1], "coherent": False}]
+    (record,) = make_distill_fn(generator, embedder, CFG, members)(only_incoherent)
+    assert record[REJECT_KEY] == "incoherent" and generator.calls == [1]
+
+
+def test_best_of_n_keeps_a_passing_candidate_and_notes_the_tries():
+    members = {record["id"]: record for record in MATH_POOL}
+    generator = SeededGenerator([WRONG, WRONG, RIGHT, WRONG])
+    cfg = DistillConfig(candidates=4, candidate_temperature=0.8)
+    (record,) = make_distill_fn(generator, ConstantEmbedder(), cfg, members)([MATH_CLUSTER])
+    assert REJECT_KEY not in record
+    assert (record["candidates"], record["candidate"], record["raw_output"]) == (4, 2, RIGHT)
+    temperatures = [(p.temperature, p.seed) for p in generator.params]
+    assert temperatures == [(0.0, 0), (0.8, 1), (0.8, 2), (0.8, 3)]  # distinct cache keys
+
+
+def test_best_of_n_without_a_passing_candidate_rejects_with_the_first_ones_reason():
+    members = {record["id"]: record for record in MATH_POOL}
+    unparsable = "no answer block at all"
+    cfg = DistillConfig(candidates=3)
+    generator = SeededGenerator([WRONG, unparsable, unparsable])
+    (record,) = make_distill_fn(generator, ConstantEmbedder(), cfg, members)([MATH_CLUSTER])
+    assert (record[REJECT_KEY], record["candidates"], record["candidate"]) == (
+        "answer_mismatch",
+        3,
+        0,
+    )
+
+
+def test_every_cluster_ends_as_one_output_or_one_reject(tmp_path, monkeypatch):
+    generator = SeededGenerator([RIGHT, WRONG])
+    monkeypatch.setattr("lmmixup.backends.load_generator", lambda cfg, cache: generator)
+    monkeypatch.setattr("lmmixup.backends.embed.load_embedder", lambda name: ConstantEmbedder())
+    pool = [{**r, "id": f"{r['id']}-{n}"} for n in range(3) for r in MATH_POOL]
+    clusters = [
+        {**MATH_CLUSTER, "member_ids": ["p1-0", "p2-0"]},
+        {**MATH_CLUSTER, "cluster_id": "c10", "member_ids": ["p1-1", "p2-1"], "coherent": False},
+        {**MATH_CLUSTER, "cluster_id": "c11", "member_ids": ["p1-2", "p2-2"], "coherent": True},
+    ]
+    write_records(tmp_path / "pool.jsonl", pool)
+    write_records(tmp_path / "clusters.jsonl", clusters)
+    out, rejects = tmp_path / "distilled.jsonl", tmp_path / "rejects.jsonl"
+    cfg = DistillConfig(candidates=2)
+    counts = distill_clusters(
+        tmp_path / "clusters.jsonl", tmp_path / "pool.jsonl", out, rejects, cfg
+    )
+    ids = [r["cluster_id"] for r in read_records(out)] + [
+        r["raw"]["cluster_id"] for r in read_records(rejects)
+    ]
+    assert sorted(ids) == ["c10", "c11", "c9"]
+    assert counts["reject_reasons"] == {"incoherent": 1} and counts["distilled"] == 2

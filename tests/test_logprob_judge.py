@@ -132,3 +132,26 @@ def test_the_distribution_equals_the_model_s_own_next_token_probabilities(tiny_l
         probs = torch.softmax(model.model(**ids).logits[0, -1].float(), -1).numpy()
     digit_ids = model.single_token_ids(LOGPROB_ASSISTANT_PREFIX, list(reading.candidates))
     np.testing.assert_allclose(row[:9], probs[digit_ids], rtol=1e-4)
+
+
+@pytest.mark.parametrize("by_task", [False, True])
+def test_the_logprob_judge_sees_the_task_paragraph_only_with_rubric_by_task(by_task):
+    from lmmixup.method.rubric import TASK_GUIDANCE
+
+    class RenderingJudge(FakeJudge):
+        rendered: list[str] = []
+
+        def render(self, messages, prefix):
+            RenderingJudge.rendered.append(messages[0]["content"])
+            return messages[0]["content"] + prefix
+
+    judge = RenderingJudge(PieceTokenizer(BASE_PIECES), {"7": 0.9})
+    score = make_logprob_judge(judge, RateConfig(rubric_by_task=by_task))
+    records = [
+        {"id": "a", "prompt": "2+2?", "completion": "4", "task_type": "qa"},
+        {"id": "b", "prompt": "Hi", "completion": "Hello"},
+    ]
+    assert [r["rating"]["overall"] for r in score(records)] == [7, 7]
+    first, second = RenderingJudge.rendered
+    assert (TASK_GUIDANCE["qa"] in first) is by_task
+    assert not any(text in second for text in TASK_GUIDANCE.values())

@@ -16,7 +16,8 @@ from typer.testing import CliRunner
 
 from lmmixup.backends.base import Generation
 from lmmixup.cli.commands.mixture import mixture_app
-from lmmixup.config import ConfigError, DistillConfig, validate
+from lmmixup.config import DistillConfig, validate
+from lmmixup.errors import ConfigError
 from lmmixup.io.jsonl import read_records, write_records
 from lmmixup.method.prompt import build_messages, prompt_messages, target_text
 from lmmixup.method.reply import is_well_formed, parse_output

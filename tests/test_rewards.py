@@ -387,3 +387,92 @@ def test_build_library_command_with_minilm(tmp_path, monkeypatch):
     assert alignment_reward([PERFECT, PERFECT], **columns) == [1.0, 0.0]
     assert all(0.0 <= value <= 1.0 for value in quality_reward([PERFECT, COPY], **columns))
     assert all(0.0 <= value <= 1.0 for value in mixup_reward([PERFECT, COPY], **columns))
+
+
+# --- weights per task type (rewards.weights_by_task) ----------------------------------------
+
+
+def _constant(values_by_task: dict[str, float], name: str):
+    """A reward whose value depends only on the row's task type, named like a component."""
+
+    def reward(completions, **columns):
+        return [values_by_task[kind] for kind in columns["task_type"]]
+
+    reward.__name__ = name
+    return reward
+
+
+PARTS = {
+    "quality": _constant({"qa": 1.0, "mcq": 0.2}, "quality_reward"),
+    "alignment": _constant({"qa": 0.5, "mcq": 1.0}, "alignment_reward"),
+    "format": _constant({"qa": 0.0, "mcq": 1.0}, "format_reward"),
+}
+MCQ_WEIGHTS = [0.2, 0.3, 0.5]
+
+
+def test_mixup_reward_weighs_each_row_by_its_task_type():
+    kinds = ["qa", "mcq", "qa"]
+    mixup = make_mixup_reward(*PARTS.values(), weights_by_task={"mcq": MCQ_WEIGHTS})
+    plain = make_mixup_reward(*PARTS.values())
+    qa = 0.5 * 1.0 + 0.4 * 0.5 + 0.1 * 0.0
+    mcq = 0.2 * 0.2 + 0.3 * 1.0 + 0.5 * 1.0
+    assert mixup(["x"] * 3, task_type=kinds) == pytest.approx([qa, mcq, qa])
+    assert plain(["x"] * 3, task_type=kinds) == pytest.approx([qa, 0.5 * 0.2 + 0.4 + 0.1, qa])
+    with pytest.raises(ValueError, match="weights"):
+        make_mixup_reward(*PARTS.values(), weights_by_task={"mcq": [0.5, -0.5, 1.0]})
+
+
+def test_reward_set_gives_trl_the_global_weights_unless_a_task_has_its_own():
+    from lmmixup.rewards import COMPONENTS, MIXUP_WEIGHTS, RewardSet
+
+    plain = RewardSet(dict(PARTS), dict(zip(COMPONENTS, MIXUP_WEIGHTS, strict=True)), RewardStats())
+    functions, weights = plain.for_trainer()
+    assert functions == [PARTS[name] for name in COMPONENTS] and weights == list(MIXUP_WEIGHTS)
+
+    by_task = RewardSet(
+        dict(PARTS),
+        dict(zip(COMPONENTS, MIXUP_WEIGHTS, strict=True)),
+        RewardStats(),
+        {"mcq": MCQ_WEIGHTS},
+    )
+    functions, weights = by_task.for_trainer()
+    assert weights == [1.0, 1.0, 1.0]
+    assert [fn.__name__ for fn in functions] == [PARTS[n].__name__ for n in COMPONENTS]
+    kinds = ["qa", "mcq"]
+    trl_total = np.sum([fn(["x", "y"], task_type=kinds) for fn in functions], axis=0)
+    expected = make_mixup_reward(*PARTS.values(), weights_by_task={"mcq": MCQ_WEIGHTS})(
+        ["x", "y"], task_type=kinds
+    )
+    assert trl_total == pytest.approx(expected)
+    assert by_task.score(["x", "y"], task_type=kinds)["total"] == pytest.approx(expected)
+    assert plain.score(["x", "y"], task_type=kinds)["total"] != pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ({"poem": [0.5, 0.4, 0.1]}, "unknown task type 'poem'"),
+        ({"mcq": [0.5, 0.5]}, "three numbers >= 0"),
+        ({"mcq": [0.6, 0.5, -0.1]}, "three numbers >= 0"),
+        ({"mcq": [0.5, 0.4, 0.2]}, "must sum to 1"),
+    ],
+)
+def test_weights_by_task_are_checked(table, message):
+    from lmmixup.config import validate
+    from lmmixup.errors import ConfigError
+    from lmmixup.rewards import RewardSettings
+
+    with pytest.raises(ConfigError, match=message):
+        validate(RewardSettings, {"weights_by_task": table})
+    ok = validate(RewardSettings, {"weights_by_task": {"mcq": MCQ_WEIGHTS, "tfq": [0, 0, 1]}})
+    assert ok.weights_by_task["mcq"] == MCQ_WEIGHTS
+
+
+def test_weights_by_task_default_is_none_and_left_out_of_the_recorded_config():
+    from lmmixup.config import result_config
+    from lmmixup.rewards import RewardSettings
+
+    settings = RewardSettings()
+    assert settings.weights_by_task is None
+    assert "weights_by_task" not in result_config(settings)
+    assert "weights_by_task" in result_config(RewardSettings(weights_by_task={"qa": [1, 0, 0]}))

@@ -168,3 +168,99 @@ def test_rating_record():
 def test_rating_validates_its_range(bad):
     with pytest.raises(ValueError):
         Rating(**bad)
+
+
+# ---------------------------------------------------------------------------------------
+# rate.rubric_by_task: a paragraph per task type
+
+
+def test_the_plain_rubric_is_byte_for_byte_the_one_cached_judge_calls_were_made_with():
+    import hashlib
+
+    from lmmixup.method.rubric import rubric_system
+
+    def digest(text: str) -> str:
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    assert digest(build_rubric_messages("Q", "A")[0]["content"]) == (
+        "5b097d1f25c94e5e9e2bfaab8b99f61dbee9d8283eeeda5bf4aab41ca5ea53a5"
+    )
+    assert digest(build_rubric_logprob_prompt("Q", "A").messages[0]["content"]) == (
+        "211dd4e58fa534cb8c3cfaf3646edadb5d8b4eb2cde5a5c5ea45151bbea791bd"
+    )
+    assert build_rubric_messages("Q", "A", None) == build_rubric_messages("Q", "A")
+    assert rubric_system(None) == build_rubric_messages("Q", "A")[0]["content"]
+
+
+@pytest.mark.parametrize(
+    ("task_type", "phrase"),
+    [
+        ("qa", "final result"),
+        ("mcq", "exactly one of the options"),
+        ("tfq", "true or false"),
+        ("cs", "category"),
+        ("paragraph", "padding"),
+    ],
+)
+def test_each_task_type_adds_its_own_paragraph_before_the_reply_format(task_type, phrase):
+    from lmmixup.method.rubric import TASK_GUIDANCE
+
+    plain = build_rubric_messages("Q", "A")[0]["content"]
+    system = build_rubric_messages("Q", "A", task_type)[0]["content"]
+    assert phrase in TASK_GUIDANCE[task_type] and TASK_GUIDANCE[task_type] in system
+    assert system.endswith('"informativeness": 7, "overall": 7}') and system != plain
+    others = [text for name, text in TASK_GUIDANCE.items() if name != task_type]
+    assert not any(text in system for text in others)
+    logprob = build_rubric_logprob_prompt("Q", "A", task_type)
+    assert TASK_GUIDANCE[task_type] in logprob.messages[0]["content"]
+    assert logprob.messages[0]["content"].endswith('{"overall":7}')
+    assert logprob.assistant_prefix == '{"overall":'
+
+
+def test_every_task_type_has_a_paragraph_and_an_unknown_one_is_refused():
+    from lmmixup.method.rubric import TASK_GUIDANCE, rubric_system
+    from lmmixup.records import TASK_TYPES
+
+    assert set(TASK_GUIDANCE) == set(TASK_TYPES)
+    with pytest.raises(ValueError, match="no rubric for task type 'poem'"):
+        rubric_system("poem")
+
+
+class _EchoJudge:
+    """A generate-mode judge that keeps the system prompts it was sent and rates 7."""
+
+    name = "echo-judge"
+
+    def __init__(self):
+        self.systems: list[str] = []
+
+    def generate(self, prompts, params):
+        from lmmixup.backends.base import Generation
+
+        self.systems += [messages[0]["content"] for messages in prompts]
+        return [Generation(text='{"overall": 7}', finish_reason="eos") for _ in prompts]
+
+
+@pytest.mark.parametrize("by_task", [False, True])
+def test_the_judge_picks_the_rubric_by_the_record_s_task_type_only_when_asked(by_task):
+    from lmmixup.config import RateConfig
+    from lmmixup.method.rubric import TASK_GUIDANCE
+    from lmmixup.stages.judge import BudgetStop, make_generate_judge
+
+    generator = _EchoJudge()
+    cfg = RateConfig(mode="generate", rubric_by_task=by_task)
+    judge = make_generate_judge(generator, cfg, BudgetStop())
+    batch = [
+        {"id": "a", "prompt": "2+2?", "completion": "4", "task_type": "mcq"},
+        {"id": "b", "prompt": "Is ice cold?", "completion": "True", "task_type": "tfq"},
+        {"id": "c", "prompt": "Say hi.", "completion": "Hi."},
+    ]
+    rated = judge(batch)
+    assert [r["rating"]["overall"] for r in rated] == [7, 7, 7]
+    plain = build_rubric_messages("x", "y")[0]["content"]
+    if by_task:
+        assert TASK_GUIDANCE["mcq"] in generator.systems[0]
+        assert TASK_GUIDANCE["tfq"] in generator.systems[1]
+        assert generator.systems[2] == plain
+    else:
+        assert generator.systems == [plain] * 3

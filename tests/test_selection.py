@@ -417,3 +417,194 @@ def test_select_refuses_files_without_ratings(tmp_path):
     with pytest.raises(LmmixupError, match=r"pool\.jsonl:1: field 'rating' missing"):
         select_files(tmp_path / "rated.jsonl", tmp_path / "pool.jsonl", out, cfg)
     assert not out.exists()
+
+
+# ---------------------------------------------------------------------------------------
+# select.per_task: the budget per task type
+
+
+def _typed(prefix: str, task: str | None, scores: list[int]) -> list[dict]:
+    """Records of one task type with the given scores, ids in order."""
+    return [
+        {
+            "id": f"{prefix}{i:03d}",
+            "prompt": f"{prefix} q{i}",
+            "completion": f"{prefix} a{i}",
+            "source": "test",
+            "rating": {"overall": score + 4, "score": score},
+        }
+        | ({} if task is None else {"task_type": task})
+        for i, score in enumerate(scores)
+    ]
+
+
+def _by_task(original, mixup, budget, ratio, per_task=True, **kw):
+    return mix_budget(
+        original,
+        mixup,
+        budget=budget,
+        mixup_ratio=ratio,
+        original_long_tail=np.zeros(len(original)),
+        mixup_long_tail=np.zeros(len(mixup)),
+        per_task=per_task,
+        **kw,
+    )
+
+
+def test_largest_remainder_sums_exactly_and_follows_the_shares():
+    from lmmixup.method.task_mix import largest_remainder
+
+    assert largest_remainder({"a": 1, "b": 1, "c": 1}, 10) == {"a": 4, "b": 3, "c": 3}
+    assert largest_remainder({"qa": 7, "mcq": 2, "tfq": 1}, 9) == {"qa": 6, "mcq": 2, "tfq": 1}
+    assert largest_remainder({"a": 0.1, "b": 0.2, "c": 0.7}, 10) == {"a": 1, "b": 2, "c": 7}
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        weights = {f"t{i}": int(w) for i, w in enumerate(rng.integers(0, 50, size=5))}
+        weights["t0"] += 1
+        total = int(rng.integers(0, 300))
+        split = largest_remainder(weights, total)
+        assert sum(split.values()) == total
+        scale = sum(weights.values())
+        assert all(abs(split[k] - total * w / scale) < 1 for k, w in weights.items())
+
+
+def test_task_quotas_give_a_short_task_s_places_to_the_others():
+    from lmmixup.method.task_mix import task_quotas
+
+    # mcq's share asks for 5 of 10, it has 2: its 3 places go to qa and tfq by their shares
+    assert task_quotas({"qa": 3, "mcq": 5, "tfq": 2}, {"qa": 9, "mcq": 2, "tfq": 9}, 10) == {
+        "qa": 5,
+        "mcq": 2,
+        "tfq": 3,
+    }
+    # fewer records than the total: every record is taken
+    assert task_quotas({"qa": 1, "mcq": 1}, {"qa": 2, "mcq": 1}, 10) == {"qa": 2, "mcq": 1}
+
+
+def test_per_task_keeps_each_task_s_share_at_the_exact_budget_and_ratio():
+    # The judge likes qa: by rank alone the originals would be all qa.
+    original = _typed("oq", "qa", [5] * 30) + _typed("om", "mcq", [1, 3, 2] * 5)
+    mixup = _typed("mq", "qa", [4] * 6) + _typed("mm", "mcq", [4] * 6)
+    plain = _by_task(original, mixup, 20, 0.3, per_task=False)
+    assert {r.get("task_type") for r in plain.records if r["id"].startswith("o")} == {"qa"}
+
+    chosen = _by_task(original, mixup, 20, 0.3)
+    assert len(chosen.records) == 20
+    origins = [w["origin"] for w in chosen.why]
+    assert origins.count("distilled") == 6 and origins.count("original") == 14
+    # shares of all candidates: qa 36/57, mcq 21/57 -> originals 14 = 9 qa + 5 mcq
+    assert chosen.summary["task_counts"] == {"mcq": 21, "qa": 36}
+    by_task = chosen.summary["by_task"]
+    assert by_task["original"]["qa"]["selected"] == 9
+    assert by_task["original"]["mcq"]["selected"] == 5
+    assert by_task["distilled"]["qa"]["selected"] + by_task["distilled"]["mcq"]["selected"] == 6
+    # within a task: its best by (score, long-tail, id)
+    mcq = sorted(
+        (w for w in chosen.why if w["origin"] == "original" and w["task_type"] == "mcq"),
+        key=lambda w: w["task_rank"],
+    )
+    assert [w["score"] for w in mcq] == [3, 3, 3, 3, 3]
+    assert [w["task_rank"] for w in mcq] == [1, 2, 3, 4, 5]
+    assert chosen.summary["per_task"] is True and chosen.summary["notes"] == []
+
+
+def test_per_task_notes_a_task_too_small_for_its_share():
+    original = _typed("oq", "qa", [5] * 10) + _typed("om", "mcq", [5] * 10)
+    mixup = _typed("mq", "qa", [4] * 10)  # no distilled mcq at all
+    chosen = _by_task(original, mixup, 10, 0.4)
+    distilled = chosen.summary["by_task"]["distilled"]
+    assert distilled["mcq"] == {
+        "share": 0.3333,
+        "wanted": 1,
+        "available": 0,
+        "quota": 0,
+        "selected": 0,
+    }
+    assert distilled["qa"]["selected"] == 4
+    assert any(
+        note.startswith("distilled: task type mcq") and "only 0 available" in note
+        for note in chosen.summary["notes"]
+    )
+    assert [w["origin"] for w in chosen.why].count("distilled") == 4
+
+
+def test_per_task_groups_records_without_a_task_type_and_keeps_every_side_short_rule():
+    original = _typed("ou", None, [5] * 4) + _typed("om", "mcq", [5] * 4)
+    mixup = _typed("mq", "qa", [4] * 1)
+    chosen = _by_task(original, mixup, 8, 0.5)  # distilled wants 4, has 1: originals fill 3
+    assert len(chosen.records) == 8
+    assert chosen.summary["filled_shortfall"] == {"distilled": 0, "original": 3}
+    assert {w["task_type"] for w in chosen.why} == {"untyped", "mcq", "qa"}
+    with pytest.raises(ShortfallError):
+        _by_task(original, mixup, 20, 0.5)
+
+
+def test_per_task_off_leaves_the_selection_as_it_was():
+    original, mixup = _pool(40, seed=30), _pool(10, seed=31, prefix="m")
+    chosen = _by_task(original, mixup, 20, 0.3, per_task=False)
+    assert "per_task" not in chosen.summary and "by_task" not in chosen.summary
+    assert all(
+        set(w) == {"id", "origin", "rank", "score", "long_tail", "filled_shortfall"}
+        for w in chosen.why
+    )
+
+
+def test_new_options_at_their_default_keep_the_recorded_config_hash(tmp_path):
+    """A run dir recorded before `per_task` / `rubric_by_task` existed is skipped, not refused;
+    turning one on is a change the stage records."""
+    from lmmixup.config import RateConfig, SelectConfig, result_config
+    from lmmixup.errors import StageMismatchError
+    from lmmixup.hashing import hash_value
+    from lmmixup.runtime.runner import run_stage
+
+    before = {"budget": 100, "mixup_ratio": 0.5, "long_tail_k": 15, "seed": 42}
+    before["embedder"] = "bundled:minilm"
+    assert result_config(SelectConfig()) == before
+    assert hash_value(result_config(SelectConfig())) == (
+        "c01a4fc329b5c2f5c40e2545862c8b9bc3a09887606274740f0d815228c89f1a"
+    )
+    assert hash_value(result_config(RateConfig())) == (
+        "ccf0ff861dc5222daa3db4cd6deb702423fec792f5b4db732c72bf87387a1f49"
+    )
+    assert result_config(SelectConfig(per_task=True))["per_task"] is True
+    assert result_config(RateConfig(rubric_by_task=True))["rubric_by_task"] is True
+
+    def body(stage):
+        stage.path.joinpath("out.txt").write_text("x")
+
+    run_stage(tmp_path, "select", inputs=[], config={"select": before}, body=body)
+    again = run_stage(
+        tmp_path, "select", inputs=[], config={"select": result_config(SelectConfig())}, body=body
+    )
+    assert again.skipped
+    with pytest.raises(StageMismatchError, match="per_task"):
+        run_stage(
+            tmp_path,
+            "select",
+            inputs=[],
+            config={"select": result_config(SelectConfig(per_task=True))},
+            body=body,
+        )
+
+
+def test_select_files_passes_per_task_through(tmp_path, monkeypatch):
+    from lmmixup.config import SelectConfig
+    from lmmixup.io.jsonl import read_records, write_records
+    from lmmixup.stages import select as select_stage
+
+    monkeypatch.setattr(select_stage, "long_tail", lambda records, cfg: np.zeros(len(records)))
+    original = _typed("oq", "qa", [5] * 12) + _typed("om", "mcq", [2] * 12)
+    write_records(tmp_path / "high.jsonl", original)
+    write_records(tmp_path / "kept.jsonl", _typed("mq", "qa", [4] * 4))
+    out = tmp_path / "train.jsonl"
+    summary = select_stage.select_files(
+        tmp_path / "high.jsonl",
+        tmp_path / "kept.jsonl",
+        out,
+        SelectConfig(budget=10, mixup_ratio=0.3, per_task=True),
+    )
+    rows = read_records(out)
+    # originals: 7 places, mcq is 12 of the 28 candidates -> 3 (by rank alone: 0)
+    assert len(rows) == 10 and summary["by_task"]["original"]["mcq"]["selected"] == 3
+    why = read_records(select_stage.why_path(out))
+    assert all("task_type" in w and "task_rank" in w for w in why)

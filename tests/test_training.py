@@ -342,16 +342,14 @@ def test_grpo_without_a_quality_library_is_a_clear_error(tmp_path):
         load_reward_set(RewardSettings(quality_library=str(tmp_path)), require_quality=True)
 
 
-def test_example_recipe_configs_are_valid():
-    from lmmixup.cli.options import load_section
-    from lmmixup.config import load_config
-    from lmmixup.evaluation.distiller import EvalDistillerConfig
-    from lmmixup.mixture import MixtureConfig
+def test_the_recipe_sections_configure_the_single_commands():
+    """`lmmixup train sft/grpo -c RECIPE` read the `sft:`/`grpo:` sections of the recipe that
+    `lmmixup train distiller --show-config` prints."""
+    from importlib import resources
 
-    examples = Path(__file__).resolve().parents[1] / "examples"
-    recipe = examples / "train_distiller.yaml"
-    assert load_section(SFTTrainConfig, recipe, "sft", ["max_steps=2"]).max_steps == 2
-    grpo = load_section(GRPOTrainConfig, recipe, "grpo", [])
-    evaluation = load_section(EvalDistillerConfig, recipe, "eval", [])
-    assert grpo.rewards == evaluation.rewards and grpo.model == "runs/distiller/sft/final"
-    assert load_config(MixtureConfig, examples / "mixture_small.yaml").max_size == 3
+    from lmmixup.cli.options import load_section
+
+    with resources.as_file(resources.files("lmmixup") / "configs" / "distiller.yaml") as recipe:
+        assert load_section(SFTTrainConfig, recipe, "sft", ["max_steps=2"]).max_steps == 2
+        grpo = load_section(GRPOTrainConfig, recipe, "grpo", [])
+    assert grpo.rewards.quality_mode == "continuous" and not grpo.lora.enabled

@@ -77,7 +77,8 @@ def overrides(sets: list[str] | None, **flags: object) -> list[str]:
 def load_section(model: type[Section], path: Path | None, section: str, changes: list[str]):
     """The command's config: the YAML's `section:` mapping when it has one, else the whole file.
 
-    One file (e.g. examples/train_distiller.yaml) can so configure several commands.
+    One file (e.g. `lmmixup train distiller --show-config`'s recipe) can so configure several
+    commands.
     """
     from lmmixup.config import apply_overrides, load_yaml, validate
 

@@ -264,6 +264,16 @@ def _cell(value: Any, percent: bool = False) -> str:
 
 def results_markdown(results: dict[str, Any]) -> str:
     """The side-by-side table: one row per measure, one column per model."""
+    header, rows = results_table(results)
+    table = markdown_table(header, rows, right_from=1)
+    models = results["models"]
+    title = f"# Distiller evaluation on {results['test']} ({results['records']} records)"
+    legend = "\n".join(f"- **{label}**: `{models[label]['model']}`" for label in models)
+    return "\n".join([title, "", legend, "", *table]) + "\n"
+
+
+def results_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """The header (measure, then each model's label) and one row of cells per measure."""
     models = results["models"]
     labels = list(models)
     rows: list[tuple[str, list[str]]] = []
@@ -288,12 +298,7 @@ def results_markdown(results: dict[str, Any]) -> str:
     add("no pair parsed", lambda m: m["judge"]["all"]["no_pair"])
     add("judge failures", lambda m: m["judge"]["all"]["failed"])
     add("truncated replies", lambda m: m["generation"]["truncated"])
-    table = markdown_table(
-        ["measure", *labels], [[name, *cells] for name, cells in rows], right_from=1
-    )
-    title = f"# Distiller evaluation on {results['test']} ({results['records']} records)"
-    legend = "\n".join(f"- **{label}**: `{models[label]['model']}`" for label in labels)
-    return "\n".join([title, "", legend, "", *table]) + "\n"
+    return ["measure", *labels], [[name, *cells] for name, cells in rows]
 
 
 # ---------------------------------------------------------------------------- the command

@@ -1,9 +1,9 @@
 """Stage 3: cluster embeddings into groups whose sizes are drawn in advance.
 
 The method draws the cluster sizes first, places ``k = len(sizes)`` centres with spherical
-k-means (k-means++-style seeds, Lloyd iterations in faiss), then fills the centres greedily: points are visited in descending order of their
-best-centre similarity and each goes to its most similar centre that still has room, so
-every cluster ends exactly at its drawn size.
+k-means (k-means++ seeds, Lloyd iterations in faiss), then fills the centres greedily:
+points are visited in descending order of their best-centre similarity and each goes to its
+most similar centre that still has room, so every cluster ends exactly at its drawn size.
 
 The reference implementation builds a dense ``n x k`` similarity matrix, which cannot scale
 (300K points and 100K centres is 120 GB). Here each point only keeps its ``m`` most similar
@@ -59,12 +59,14 @@ def cluster_embeddings(
     std_size: float = 3.0,
     seed: int = 0,
     sizes: Sequence[int] | np.ndarray | None = None,
+    greedy_seeding: bool = False,
 ) -> np.ndarray:
     """Cluster unit rows of ``X`` into clusters of drawn (or given) sizes.
 
     Returns an int64 label per row in ``0..k-1`` where ``k = len(sizes)`` and label ``j``
     occurs exactly ``sizes[j]`` times. Sizes come from :func:`draw_cluster_sizes` unless
-    ``sizes`` is given. Deterministic for a given ``seed``.
+    ``sizes`` is given. ``greedy_seeding``: greedy k-means++ seeds (see :func:`_seed_centres`).
+    Deterministic for a given ``seed``.
     """
     X = as_matrix(X)
     n = X.shape[0]
@@ -82,10 +84,10 @@ def cluster_embeddings(
     if k <= 1:
         return np.zeros(n, dtype=np.int64)
     if n * k <= _FLAT_LIMIT:
-        centres = spherical_kmeans(X, k, seed=seed)
+        centres = spherical_kmeans(X, k, seed=seed, greedy=greedy_seeding)
         sims, cands = cosine_top_k(X, centres, DEFAULT_CANDIDATES)
     else:
-        centres, sims, cands = _two_level(X, k, seed, DEFAULT_CANDIDATES)
+        centres, sims, cands = _two_level(X, k, seed, DEFAULT_CANDIDATES, greedy_seeding)
     return _greedy_fill(X, centres, sizes, cands, sims[:, 0])
 
 
@@ -121,11 +123,13 @@ def spherical_kmeans(
     seed: int = 0,
     niter: int = _KMEANS_ITERS,
     max_points_per_centre: int = 256,
+    greedy: bool = False,
 ) -> np.ndarray:
     """Return ``k`` unit centres from seeded spherical k-means on unit rows ``X``.
 
     Trains on a random sample of at most ``max_points_per_centre * k`` rows, starting from
-    k-means++-style seeds (:func:`_seed_centres`); Lloyd iterations run in faiss.
+    k-means++ seeds (:func:`_seed_centres`, greedy ones with ``greedy``); Lloyd iterations
+    run in faiss.
     """
     X = as_matrix(X)
     n, d = X.shape
@@ -147,30 +151,54 @@ def spherical_kmeans(
         min_points_per_centroid=1,
         max_points_per_centroid=max_points_per_centre,
     )
-    km.train(X, init_centroids=X[_seed_centres(X, k, rng)])
+    km.train(X, init_centroids=X[_seed_centres(X, k, rng, greedy=greedy)])
     return _normalise(km.centroids)
 
 
-def _seed_centres(X: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-    """Pick ``k`` distinct row indices as k-means seeds, k-means++ style, in batches.
+def _seed_centres(
+    X: np.ndarray, k: int, rng: np.random.Generator, *, greedy: bool = False
+) -> np.ndarray:
+    """Pick ``k`` distinct row indices as k-means seeds: k-means++, in rounds.
 
-    Each round draws a batch of new seeds with probability proportional to the squared
-    distance (``2 - 2 cos``) to the nearest seed so far; ``_SEED_ROUNDS`` rounds keep the
-    cost near one Lloyd iteration. With ``k <= _SEED_ROUNDS + 1`` this is plain k-means++.
+    Each new seed is drawn with probability proportional to the squared distance
+    (``2 - 2 cos``) to the nearest seed so far. With ``greedy`` (greedy k-means++, what
+    scikit-learn and the paper's reference use) it is the best of ``2 + int(ln k)`` such
+    candidates, the one that leaves the smallest total distance of all rows to their nearest
+    seed. On sentence embeddings of real pairs plain seeds gave the more cohesive clusters
+    (docs/BENCHMARKS.md, "Cluster cohesion"), so plain is the default.
+
+    To keep the cost near a few Lloyd iterations for large ``k``, the seeds are placed in
+    ``_SEED_ROUNDS`` rounds: each round draws the candidates of all its seeds at once
+    (distinct rows, from the distances at the start of the round) and then picks its seeds
+    one after the other, each scored against every seed picked before it. With
+    ``k <= _SEED_ROUNDS + 1`` this is exact (greedy) k-means++.
     """
     n = X.shape[0]
+    trials = 2 + int(np.log(k)) if greedy else 1
     seeds = np.empty(k, dtype=np.int64)
     seeds[0] = rng.integers(n)
     taken = np.zeros(n, dtype=bool)
     taken[seeds[0]] = True
-    nearest = X @ X[seeds[0]]
+    nearest = (X @ X[seeds[0]]).astype(np.float64)
     batch = -(-(k - 1) // _SEED_ROUNDS)
     for start in range(1, k, batch):
-        weight = np.where(taken, 0.0, np.maximum(1.0 - nearest.astype(np.float64), 0.0))
-        fresh = _draw_rows(weight, min(batch, k - start), taken, rng)
-        seeds[start : start + len(fresh)] = fresh
-        taken[fresh] = True
-        nearest = np.maximum(nearest, (X @ X[fresh].T).max(axis=1))
+        slots = min(batch, k - start)
+        weight = np.where(taken, 0.0, np.maximum(1.0 - nearest, 0.0))
+        count = min(slots * trials, int(n - taken.sum()))
+        cands = _draw_rows(weight, count, taken, rng)
+        sims = X @ X[cands].T
+        if trials == 1:  # plain: every candidate is a seed
+            seeds[start : start + slots] = cands
+            taken[cands] = True
+            nearest = np.maximum(nearest, sims.max(axis=1))
+            continue
+        for slot in range(slots):
+            cols = np.arange(slot, count, slots)  # slot s owns candidates s, s + slots, ...
+            gains = np.maximum(nearest[:, None], sims[:, cols]).sum(axis=0)
+            best = cols[int(np.argmax(gains))]
+            seeds[start + slot] = cands[best]
+            taken[cands[best]] = True
+            nearest = np.maximum(nearest, sims[:, best])
     return seeds
 
 
@@ -251,7 +279,7 @@ def _normalise(V: np.ndarray) -> np.ndarray:
 
 
 def _two_level(
-    X: np.ndarray, k: int, seed: int, m: int
+    X: np.ndarray, k: int, seed: int, m: int, greedy: bool = False
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Centres and approximate candidates from a two-level k-means.
 
@@ -264,24 +292,31 @@ def _two_level(
     n = X.shape[0]
     n_cells = int(np.clip(round((n * k / 256) ** (1 / 3)), 2, k))
     coarse = spherical_kmeans(
-        X, n_cells, seed=seed, niter=_COARSE_ITERS, max_points_per_centre=_COARSE_SAMPLE
+        X,
+        n_cells,
+        seed=seed,
+        niter=_COARSE_ITERS,
+        max_points_per_centre=_COARSE_SAMPLE,
+        greedy=greedy,
     )
     _, probes = cosine_top_k(X, coarse, _PROBES)
     members = _group_rows(probes[:, 0], n_cells)
     shares = _apportion(k, np.array([len(rows) for rows in members]))
-    centres = _fit_cells(X, members, shares, seed)
+    centres = _fit_cells(X, members, shares, seed, greedy)
     bounds = np.r_[0, np.cumsum(shares)]
     return (centres, *_probe_candidates(X, centres, bounds, probes, min(m, k)))
 
 
 def _fit_cells(
-    X: np.ndarray, members: list[np.ndarray], shares: np.ndarray, seed: int
+    X: np.ndarray, members: list[np.ndarray], shares: np.ndarray, seed: int, greedy: bool
 ) -> np.ndarray:
     """Spherical k-means with ``shares[c]`` centres on the rows of each cell ``c``."""
 
     def fit(cell: int) -> np.ndarray:
         rows, share = members[cell], int(shares[cell])
-        return spherical_kmeans(X[rows], share, seed=seed + cell) if share else X[:0]
+        if not share:
+            return X[:0]
+        return spherical_kmeans(X[rows], share, seed=seed + cell, greedy=greedy)
 
     return np.concatenate(_map_cells(fit, len(members)))
 

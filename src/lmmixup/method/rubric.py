@@ -28,15 +28,55 @@ off-topic; 5 = correct but thin; 10 = complete, accurate and detailed.
 1 = useless or harmful; 5 = acceptable with clear flaws; 10 = excellent in every way.
 """
 
-RUBRIC_SYSTEM = (
-    _CRITERIA + '\nReply with one JSON object and nothing else, for example:\n{"rarity": 4, '
+_REPLY = (
+    '\nReply with one JSON object and nothing else, for example:\n{"rarity": 4, '
     '"complexity": 6, "informativeness": 7, "overall": 7}'
 )
-
-RUBRIC_LOGPROB_SYSTEM = (
-    _CRITERIA + "\nReply with one JSON object and nothing else, giving only the overall score, "
+_LOGPROB_REPLY = (
+    "\nReply with one JSON object and nothing else, giving only the overall score, "
     'written without spaces, for example:\n{"overall":7}'
 )
+RUBRIC_SYSTEM = _CRITERIA + _REPLY
+RUBRIC_LOGPROB_SYSTEM = _CRITERIA + _LOGPROB_REPLY
+
+# What "correct" and "informative" mean for each task type (records.TASK_TYPES), added to the
+# rubric when the rate config asks for a rubric per task type (`rate.rubric_by_task`).
+TASK_GUIDANCE = {
+    "qa": "This pair is a question and its answer; word problems and calculations count here. "
+    "Correct means the answer is right and, when the question asks for a quantity, ends with "
+    "one final result a reader can check (for example '#### 42'); an arithmetic slip, a "
+    "missing final result or a result the steps do not lead to makes it wrong. Informative "
+    "means it shows the steps needed to follow the result.",
+    "mcq": "This pair is a multiple-choice question. Correct means the response commits to "
+    "exactly one of the options offered and that option is the right one; naming several "
+    "options, none, or one that is not offered is wrong. Informative means it says briefly why "
+    "that option is right.",
+    "tfq": "This pair asks whether a statement is true or false. Correct means the response "
+    "gives one clear verdict, true or false, and the verdict is right; hedging between the "
+    "two is wrong. Informative means it states the fact or reasoning that decides it.",
+    "cs": "This pair names a category and makes a statement about it. Correct means the "
+    "statement is true of that category and really about it. Informative means the statement "
+    "says something specific and useful rather than a vague or circular remark.",
+    "paragraph": "This pair asks for free-form text. Correct means every claim in the "
+    "response is true and it does what was asked, in the form asked for. Informative means it "
+    "covers the points a knowledgeable writer would, without padding or repetition.",
+}
+
+
+def rubric_system(task_type: str | None = None, *, logprob: bool = False) -> str:
+    """The rubric's system prompt; with a task type, its paragraph follows the criteria.
+
+    ``None`` (no task type, or the rubric per task type is off) gives the one rubric for all,
+    byte for byte. An unknown task type is a ValueError naming the known ones.
+    """
+    reply = _LOGPROB_REPLY if logprob else _REPLY
+    if task_type is None:
+        return _CRITERIA + reply
+    if task_type not in TASK_GUIDANCE:
+        known = ", ".join(TASK_GUIDANCE)
+        raise ValueError(f"no rubric for task type {task_type!r}; known: {known}")
+    return f"{_CRITERIA}\n{TASK_GUIDANCE[task_type]}\n{reply}"
+
 
 LOGPROB_ASSISTANT_PREFIX = '{"overall":'
 
@@ -54,16 +94,20 @@ def _pair_text(prompt: str, completion: str) -> str:
     return f"Instruction:\n{prompt}\n\nResponse:\n{completion}"
 
 
-def build_rubric_messages(prompt: str, completion: str) -> list[dict]:
-    """Chat messages asking a judge for the four ratings of one pair as a JSON object."""
+def build_rubric_messages(prompt: str, completion: str, task_type: str | None = None) -> list[dict]:
+    """Chat messages asking a judge for the four ratings of one pair as a JSON object
+    (``task_type``: see `rubric_system`)."""
     return [
-        {"role": "system", "content": RUBRIC_SYSTEM},
+        {"role": "system", "content": rubric_system(task_type)},
         {"role": "user", "content": _pair_text(prompt, completion)},
     ]
 
 
-def build_rubric_logprob_prompt(prompt: str, completion: str) -> LogprobPrompt:
-    """The rubric set up so that the judge's very next token is its Overall score.
+def build_rubric_logprob_prompt(
+    prompt: str, completion: str, task_type: str | None = None
+) -> LogprobPrompt:
+    """The rubric set up so that the judge's very next token is its Overall score
+    (``task_type``: see `rubric_system`).
 
     Convention for the caller (a backend that reads token probabilities):
 
@@ -79,7 +123,7 @@ def build_rubric_logprob_prompt(prompt: str, completion: str) -> LogprobPrompt:
       accepts that float.
     """
     messages = [
-        {"role": "system", "content": RUBRIC_LOGPROB_SYSTEM},
+        {"role": "system", "content": rubric_system(task_type, logprob=True)},
         {"role": "user", "content": _pair_text(prompt, completion)},
     ]
     return LogprobPrompt(messages=messages, assistant_prefix=LOGPROB_ASSISTANT_PREFIX)

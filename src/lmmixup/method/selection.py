@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from lmmixup.errors import LmmixupError
 from lmmixup.method.knn import as_matrix, cosine_top_k
+from lmmixup.method.task_mix import per_task_order, quota_notes, task_counts, task_of
 from lmmixup.records import effective_score
 
 HIGH_SCORE = 4
@@ -53,6 +54,7 @@ class _Side:
     order: np.ndarray  # indices into records, best first
     requested: int
     long_tail: np.ndarray | None = None  # per record, reported in the why rows
+    task_rank: np.ndarray | None = None  # per record, with per-task quotas (why rows)
 
 
 # ---------------------------------------------------------------------------------------
@@ -160,6 +162,7 @@ def mix_budget(
     original_long_tail: np.ndarray,
     mixup_long_tail: np.ndarray,
     allow_short: bool = False,
+    per_task: bool = False,
 ) -> Selection:
     """The method's training set: distilled and original records at a fixed ratio.
 
@@ -167,6 +170,12 @@ def mix_budget(
     distilled count is ``round(budget * ratio)``. Distilled records are taken by long-tail
     (desc), originals by :func:`rank_records`. Long-tail arrays are aligned with their
     records, normally ``minmax(long_tail_scores(X))`` of each set's own embeddings.
+
+    ``per_task``: each side's count is split over task types in proportion to the task-type
+    shares of all the candidates (both sides together), each task taking its best records by
+    the side's ranking (:mod:`lmmixup.method.task_mix`); the summary's ``by_task`` and notes
+    say what each task wanted, had and got, and the why rows carry ``task_type`` and
+    ``task_rank``.
     """
     fraction = parse_ratio(mixup_ratio)
     n_mix = _split_count(budget, fraction)
@@ -182,7 +191,41 @@ def mix_budget(
             original_lt,
         ),
     ]
-    return _select(sides, "mix_budget", budget, seed, allow_short, mixup_ratio=fraction)
+    if not per_task:
+        return _select(sides, "mix_budget", budget, seed, allow_short, mixup_ratio=fraction)
+    return _per_task_select(
+        sides, task_counts(original, mixup), budget, seed, allow_short, fraction
+    )
+
+
+def _per_task_select(
+    sides: list[_Side],
+    weights: dict[str, int],
+    budget: int,
+    seed: int,
+    allow_short: bool,
+    fraction: float,
+) -> Selection:
+    """`mix_budget` with task quotas on each side (see there)."""
+    reports, notes, quota_sides = {}, [], []
+    for side in sides:
+        order, task_rank, report = per_task_order(side.records, side.order, side.requested, weights)
+        quota_sides.append(replace(side, order=order, task_rank=task_rank))
+        reports[side.origin] = report
+        notes += quota_notes(side.origin, report)
+    selection = _select(
+        quota_sides, "mix_budget", budget, seed, allow_short, mixup_ratio=fraction, per_task=True
+    )
+    for why in selection.why:
+        row = reports[why["origin"]][why["task_type"]]
+        row["selected"] = row.get("selected", 0) + 1
+    for report in reports.values():
+        for row in report.values():
+            row.setdefault("selected", 0)
+    selection.summary["task_counts"] = weights
+    selection.summary["by_task"] = reports
+    selection.summary["notes"] += notes
+    return selection
 
 
 # ---------------------------------------------------------------------------------------
@@ -402,7 +445,11 @@ def _why(side: _Side, position: int, filled: bool) -> dict[str, Any]:
         "score": record_score(record),
         "long_tail": None if side.long_tail is None else float(side.long_tail[index]),
         "filled_shortfall": filled,
-    }
+    } | (
+        {}
+        if side.task_rank is None
+        else {"task_type": task_of(record), "task_rank": int(side.task_rank[index])}
+    )
 
 
 def _notes(sides: list[_Side], own: list[int], extra: list[int], missing: int) -> list[str]:

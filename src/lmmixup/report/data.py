@@ -17,6 +17,7 @@ from lmmixup.io.jsonl import iter_jsonl
 from lmmixup.stages import PIPELINE_ORDER
 
 RESULTS_FILE = Path("experiment") / "results.json"
+SUMMARY_FILE = "summary.json"  # `lmmixup run`'s summary; its `warnings` head the page
 MAX_CHARS = 600  # characters shown per text
 
 
@@ -172,3 +173,20 @@ def read_results(run: RunView) -> dict | str:
     if not isinstance(data, dict) or not isinstance(data.get("rows"), list):
         return f"{RESULTS_FILE} has no 'rows' list"
     return data
+
+
+def read_warnings(run: RunView) -> list[dict]:
+    """The run's warnings ({code, message, advice}) from summary.json; none when the file, or
+    its `warnings` key (runs made before there were warnings), is absent or unreadable."""
+    path = run.path / SUMMARY_FILE
+    try:
+        found = json.loads(path.read_text(encoding="utf-8")).get("warnings")
+    except (OSError, ValueError, AttributeError):
+        return []
+    if not isinstance(found, list):
+        return []
+    return [
+        {key: clip(w.get(key, ""), 2000) for key in ("code", "message", "advice")}
+        for w in found
+        if isinstance(w, dict)
+    ]

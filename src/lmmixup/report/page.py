@@ -13,7 +13,7 @@ from pathlib import Path
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from lmmixup.io.jsonl import write_text_atomic
-from lmmixup.report.data import clip, load_run
+from lmmixup.report.data import clip, load_run, read_warnings
 from lmmixup.report.sections import SECTIONS, Bold
 
 REPORT_FILE = "report.html"
@@ -41,6 +41,7 @@ def build_report(run_dir: str | Path) -> str:
         name=run.path.name or str(run.path),
         path=str(run.path.resolve()),
         generated=datetime.now(UTC).isoformat(timespec="seconds"),
+        warnings=read_warnings(run),
         sections=sections,
         config=(
             clip(config.read_text(encoding="utf-8", errors="replace"), 20000)

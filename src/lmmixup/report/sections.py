@@ -21,6 +21,7 @@ from lmmixup.report.data import (
     reject_reasons,
     score_histogram,
 )
+from lmmixup.report.distiller import distiller_eval_section
 from lmmixup.report.samples import samples_section
 from lmmixup.report.svg import bar_chart, empty_note, fmt, hbar_chart, histogram, line_chart
 from lmmixup.training.steps import STEPS_FILE
@@ -310,4 +311,5 @@ SECTIONS: list[tuple[str, str, Callable[[RunView], dict]]] = [
     ("selection", "Selected training set", selection_section),
     ("training", "Training curves", training_section),
     ("experiment", "Experiment", experiment_section),
+    ("distiller", "Distiller evaluation", distiller_eval_section),
 ]

@@ -3,17 +3,20 @@ settings, and the set of reward components built from them."""
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field, field_validator
 
 from lmmixup.backends.embed import load_embedder
-from lmmixup.config import DEFAULT_EMBEDDER, Section
+from lmmixup.config import ADDED_LATER, DEFAULT_EMBEDDER, Section
 from lmmixup.errors import LmmixupError
 from lmmixup.method.knn_bayes import ScorerFormatError, ScorerLibrary, load_task_scorers
+from lmmixup.records import TASK_TYPES
 from lmmixup.rewards.functions import (
     MIXUP_WEIGHTS,
     Completion,
@@ -21,6 +24,8 @@ from lmmixup.rewards.functions import (
     make_alignment_reward,
     make_format_reward,
     make_quality_reward,
+    row_weights,
+    task_types,
 )
 from lmmixup.rewards.library import library_embedder
 from lmmixup.rewards.stats import RewardStats
@@ -53,6 +58,11 @@ class RewardSettings(Section):
         description="Sentence embedder of the alignment reward (quality uses the library's own).",
     )
     k: int = Field(16, ge=1, description="Quality: library neighbours used to score an answer.")
+    weights_by_task: dict[str, list[float]] | None = Field(
+        None,
+        description="Per task type, weights of quality, alignment and format that replace `weights` for that task's rows, e.g. {mcq: [0.4, 0.3, 0.3]}: three numbers >= 0 summing to 1. null = the global weights for every task. The paper's own per-task values are not reproduced here. When set, GRPO logs each component's weighted share.",
+        json_schema_extra=ADDED_LATER,
+    )
 
     @field_validator("weights")
     @classmethod
@@ -61,14 +71,35 @@ class RewardSettings(Section):
             raise ValueError("weights must be three numbers >= 0: quality, alignment, format")
         return weights
 
+    @field_validator("weights_by_task")
+    @classmethod
+    def _weights_per_task(cls, table: dict[str, list[float]] | None) -> Any:
+        for task, weights in (table or {}).items():
+            if task not in TASK_TYPES:
+                raise ValueError(
+                    f"weights_by_task: unknown task type {task!r}; known: {', '.join(TASK_TYPES)}"
+                )
+            if len(weights) != 3 or not all(math.isfinite(w) and w >= 0 for w in weights):
+                raise ValueError(
+                    f"weights_by_task.{task}: expected three numbers >= 0 (quality, alignment, "
+                    f"format), got {weights}"
+                )
+            if not math.isclose(sum(weights), 1.0, abs_tol=1e-6):
+                raise ValueError(
+                    f"weights_by_task.{task}: the weights must sum to 1, got {sum(weights):g}"
+                )
+        return table
+
 
 @dataclass
 class RewardSet:
-    """The reward components by name (quality absent when no library is given), weights, counters."""
+    """The reward components by name (quality absent when no library is given), weights,
+    counters, and weights per task type that replace the global ones for that task's rows."""
 
     functions: dict[str, RewardFn]
     weights: dict[str, float]
     stats: RewardStats
+    weights_by_task: dict[str, list[float]] = field(default_factory=dict)
 
     def seconds(self) -> float:
         """Wall time spent in these rewards so far."""
@@ -80,8 +111,39 @@ class RewardSet:
         if set(values) == set(COMPONENTS):
             parts = np.array([values[name] for name in COMPONENTS])
             weights = np.array([self.weights[name] for name in COMPONENTS])
-            values["total"] = (weights @ parts).tolist()
+            if not self.weights_by_task:
+                values["total"] = (weights @ parts).tolist()
+            else:
+                mix = self._row_weights(columns, len(completions))
+                values["total"] = np.sum(mix * parts.T, axis=1).tolist()
         return values
+
+    def for_trainer(self) -> tuple[list[RewardFn], list[float]]:
+        """The reward functions and weights to give TRL, in COMPONENTS order.
+
+        Without weights per task type: the components and the global weights. With them,
+        each component's values come already multiplied by its row's weight and TRL sums
+        them with weight 1, so the total is each row's own weighted sum (and TRL logs each
+        component's weighted share).
+        """
+        if not self.weights_by_task:
+            return [self.functions[n] for n in COMPONENTS], [self.weights[n] for n in COMPONENTS]
+        return [self._weighted(n, i) for i, n in enumerate(COMPONENTS)], [1.0] * len(COMPONENTS)
+
+    def _row_weights(self, columns: dict[str, Any], size: int) -> np.ndarray:
+        kinds = task_types(columns, size)
+        weights = [self.weights[name] for name in COMPONENTS]
+        return row_weights(kinds, weights, self.weights_by_task)
+
+    def _weighted(self, name: str, column: int) -> RewardFn:
+        fn = self.functions[name]
+
+        @functools.wraps(fn)  # TRL names a reward's log by its function name
+        def weighted(completions: Sequence[Completion], **columns: Any) -> list[float]:
+            values = np.asarray(fn(completions, **columns), dtype=np.float64)
+            return (values * self._row_weights(columns, len(completions))[:, column]).tolist()
+
+        return weighted
 
 
 def build_reward_set(
@@ -102,7 +164,8 @@ def build_reward_set(
         alignment_embedder, mode=settings.alignment_mode, stats=stats
     )
     functions["format"] = make_format_reward(stats)
-    return RewardSet(functions, dict(zip(COMPONENTS, settings.weights, strict=True)), stats)
+    weights = dict(zip(COMPONENTS, settings.weights, strict=True))
+    return RewardSet(functions, weights, stats, dict(settings.weights_by_task or {}))
 
 
 def load_reward_set(settings: RewardSettings, require_quality: bool) -> RewardSet:

@@ -17,7 +17,9 @@ TRL passes (``prompts``, ``completion_ids``, ``trainer_state``, ...) is ignored,
   (``threshold`` mode, the paper's) or the cosine clipped to [0, 1] (``continuous``).
 - quality: the kNN-Bayes score of the answer text by the task type's scorer of a
   :class:`ScorerLibrary`; the paper's bands (1 / 0.3 / 0) or ``E / 5`` (``continuous``).
-- mixup: ``0.5 * quality + 0.4 * alignment + 0.1 * format`` (weights configurable).
+- mixup: ``0.5 * quality + 0.4 * alignment + 0.1 * format`` (weights configurable, also
+  per task type: a row's ``task_type`` picks its weights from ``weights_by_task`` when that
+  names it, else the global weights).
 
 A reply with no parsable ``<answer>`` block, or a blank one, gets 0 for alignment and quality:
 that is its reward, not a failure.
@@ -283,25 +285,44 @@ def _checked_weights(weights: Sequence[float]) -> np.ndarray:
     return array
 
 
+def row_weights(
+    kinds: Sequence[str],
+    weights: Sequence[float],
+    weights_by_task: Mapping[str, Sequence[float]] | None = None,
+) -> np.ndarray:
+    """One row of (quality, alignment, format) weights per task type in ``kinds``: the task's
+    own from ``weights_by_task`` where it names the task, else ``weights``."""
+    mix = _checked_weights(weights)
+    by_task = {task: _checked_weights(w) for task, w in (weights_by_task or {}).items()}
+    return np.array([by_task.get(kind, mix) for kind in kinds], dtype=np.float64).reshape(-1, 3)
+
+
 def make_mixup_reward(
     quality_fn: RewardFn,
     alignment_fn: RewardFn,
     format_fn: RewardFn,
     weights: Sequence[float] = MIXUP_WEIGHTS,
     stats: RewardStats = REWARD_STATS,
+    weights_by_task: Mapping[str, Sequence[float]] | None = None,
 ) -> RewardFn:
     """``w_q * quality + w_a * alignment + w_f * format``, each component computed once a batch.
 
-    The result lies in [0, sum(weights)] (the default weights sum to 1).
+    A row's weights are its task type's in ``weights_by_task`` (when given and naming it),
+    else ``weights``. The result lies in [0, sum of the row's weights] (the defaults sum to 1).
     """
     mix = _checked_weights(weights)
+    row_weights([], weights, weights_by_task)  # bad weights fail here, not in training
 
     def mixup_reward(completions: Sequence[Completion], **columns: Any) -> list[float]:
         """The weighted sum of the quality, alignment and format rewards."""
 
         def compute() -> np.ndarray:
             parts = [fn(completions, **columns) for fn in (quality_fn, alignment_fn, format_fn)]
-            return mix @ np.asarray(parts, dtype=np.float64).reshape(3, len(completions))
+            values = np.asarray(parts, dtype=np.float64).reshape(3, len(completions))
+            if not weights_by_task:
+                return mix @ values
+            kinds = task_types(columns, len(completions))
+            return np.sum(row_weights(kinds, weights, weights_by_task) * values.T, axis=1)
 
         return run_batch(stats, "mixup", len(completions), compute, columns.get("log_metric"))
 

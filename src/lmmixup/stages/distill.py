@@ -12,7 +12,24 @@ to the members. Every cluster ends as one distilled record or one reject with it
 - format: the answer does not follow the task type's layout;
 - empty: the answer block is blank;
 - copy: the pair repeats one member near verbatim (no merging happened);
-- drift: the pair is far, in embedding space, from the members it should merge.
+- drift: the pair is far, in embedding space, from the members it should merge;
+- the verifiers of `lmmixup.method.verify`, in this order: near_copy (one member repeated
+  with an ending no member has), answer_mismatch (the pair's final answer is none of the
+  members'), no_final_answer (members state one, the pair none), unsupported_number,
+  placeholder (e.g. `[your_spot_limit]`), unsupported_entity, low_coverage;
+- incoherent: the cluster stage marked the cluster `"coherent": false` (cohesion below its
+  floor); it is not sent to the model and its members stay unselected low-quality rows.
+
+Every distilled record and every reject's record carries `checks`: the measured values
+(`copy_overlap`, `member_similarity`, `answer`, `answer_agrees`, `unsupported_numbers`,
+`placeholders`, `unsupported_entities`, `near_copy`, `coverage`) and all the `flags` found.
+
+Best-of-n (`candidates` > 1): the first candidate is the single reply of `candidates: 1`; the
+others are sampled at `candidate_temperature`, candidate i with seed i (so each is a distinct
+sample with its own call-cache entry), one generate call per candidate for the whole batch.
+The kept candidate is the one with the highest coverage among those passing every check
+(first wins a tie); when none passes, the cluster's reject is its first candidate's. The
+record says how many candidates were tried (`candidates`) and which one it is (`candidate`).
 
 `DistillStage` is the distiller as a per-record stage (one cluster in, one record or reject
 out) that the local executor runs; `DISTILL` declares it as a stage of `lmmixup run`.
@@ -22,7 +39,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +52,7 @@ from lmmixup.errors import LmmixupError
 from lmmixup.io.cache import CallCache
 from lmmixup.io.jsonl import read_records
 from lmmixup.io.validate import CLUSTER_RECORD, POOL_RECORD, numbered_checked, read_checked
-from lmmixup.method.faithfulness import Faithfulness, check_faithfulness
+from lmmixup.method.faithfulness import check_faithfulness
 from lmmixup.method.prompt import build_messages
 from lmmixup.method.reply import (
     ANSWER_CLOSE,
@@ -45,6 +62,7 @@ from lmmixup.method.reply import (
     answer_to_pair,
     reply_format,
 )
+from lmmixup.method.verify import Verification, verify_pair
 from lmmixup.runtime.executor import REJECT_KEY, BatchFn, LocalExecutor, RecordStage
 from lmmixup.runtime.runner import StageDir
 from lmmixup.runtime.spec import StageSpec
@@ -52,6 +70,7 @@ from lmmixup.types import Embedder
 
 GENERATION_ERROR = "generation_error"
 UNCLOSED_ANSWER = "unclosed_answer"
+INCOHERENT = "incoherent"
 
 
 def distilled_id(cluster_id: Any) -> str:
@@ -76,6 +95,21 @@ def distill_params(cfg: DistillConfig) -> GenParams:
     )
 
 
+def candidate_params(cfg: DistillConfig) -> list[GenParams]:
+    """The decoding settings of each candidate: the single reply's, then `candidates - 1`
+    samples at `candidate_temperature`, candidate i with seed i (distinct samples, each with
+    its own cache entry)."""
+    first = distill_params(cfg)
+    sampled = replace(first, temperature=cfg.candidate_temperature)
+    return [first, *(replace(sampled, seed=i) for i in range(1, cfg.candidates))]
+
+
+def is_coherent(cluster: Mapping[str, Any]) -> bool:
+    """Whether a cluster may be distilled: not marked `"coherent": false` by the cluster stage
+    (cluster files written before the cohesion floor have no mark and are coherent)."""
+    return cluster.get("coherent", True) is not False
+
+
 def closed_reply(generation: Generation) -> str:
     """The reply as the model wrote it: `</answer>` put back where one of the request's stop
     strings ended it (backends leave the stop string out): `</answer>` itself, or one of
@@ -92,6 +126,7 @@ class _Draft:
     """One cluster's reply, parsed as far as it goes."""
 
     cluster: Mapping[str, Any]
+    members: Sequence[Mapping[str, Any]]
     task_type: str
     member_texts: list[str]
     generation: Generation
@@ -122,7 +157,7 @@ def _draft(
     parsed = None if form is None else form.parsed
     pair = answer_to_pair(parsed.answer, task_type) if parsed is not None else None
     member_texts = [record_text(member) for member in members]
-    return _Draft(cluster, task_type, member_texts, generation, form, pair)
+    return _Draft(cluster, members, task_type, member_texts, generation, form, pair)
 
 
 def _embed(drafts: Sequence[_Draft], embedder: Embedder) -> list[np.ndarray | None]:
@@ -139,11 +174,11 @@ def _embed(drafts: Sequence[_Draft], embedder: Embedder) -> list[np.ndarray | No
     return [None if span is None else vectors[span[0] : span[1]] for span in spans]
 
 
-def _reason(draft: _Draft, faithfulness: Faithfulness) -> str | None:
+def _reason(draft: _Draft, flags: Sequence[str]) -> str | None:
     """Why a draft is rejected (the first reason in the module doc's order), None when it is kept."""
     if not draft.generation.ok:
         return GENERATION_ERROR
-    if "truncated" in faithfulness.flags:
+    if "truncated" in flags:
         return "truncated"
     if draft.form is not None and draft.form.unclosed:
         return UNCLOSED_ANSWER
@@ -151,7 +186,7 @@ def _reason(draft: _Draft, faithfulness: Faithfulness) -> str | None:
         return "unparsable"
     if draft.parsed.answer and draft.pair is None:
         return "format"
-    return faithfulness.flags[0] if faithfulness.flags else None
+    return flags[0] if flags else None
 
 
 def _finish(
@@ -166,6 +201,14 @@ def _finish(
         text_vector=None if vectors is None else vectors[0],
         member_vectors=None if vectors is None else vectors[1:],
     )
+    verification: Verification | None = None
+    if draft.pair is not None:
+        verification = verify_pair(*draft.pair, draft.members, cfg)
+    flags = [*faithfulness.flags, *(() if verification is None else verification.flags)]
+    checks = faithfulness.as_dict()
+    if verification is not None:
+        checks.update(verification.as_dict())
+    checks["flags"] = flags
     cluster = draft.cluster
     record: dict[str, Any] = {"id": distilled_id(cluster["cluster_id"])}
     if draft.pair is not None:
@@ -179,9 +222,9 @@ def _finish(
         raw_output=draft.generation.text,
         model=model,
         finish_reason=draft.generation.finish_reason,
-        checks=faithfulness.as_dict(),
+        checks=checks,
     )
-    reason = _reason(draft, faithfulness)
+    reason = _reason(draft, flags)
     if reason is not None:
         record[REJECT_KEY] = reason
     if draft.generation.error is not None:
@@ -201,6 +244,28 @@ def _members_of(
         ) from None
 
 
+def incoherent_reject(cluster: Mapping[str, Any]) -> dict[str, Any]:
+    """The reject of a cluster the cluster stage marked incoherent: no model call."""
+    return {
+        "id": distilled_id(cluster["cluster_id"]),
+        "source": cluster.get("source"),
+        "cluster_id": cluster["cluster_id"],
+        "member_ids": list(cluster["member_ids"]),
+        "cohesion": cluster.get("cohesion"),
+        REJECT_KEY: INCOHERENT,
+    }
+
+
+def best_candidate(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The kept record of a cluster's candidates: the passing one with the highest coverage
+    (first wins a tie), else the first candidate (its reject); notes how many were tried."""
+    passing = [index for index, record in enumerate(records) if REJECT_KEY not in record]
+    index = max(passing, key=lambda i: records[i]["checks"]["coverage"]) if passing else 0
+    if len(records) == 1:
+        return records[0]
+    return {**records[index], "candidates": len(records), "candidate": index}
+
+
 def make_distill_fn(
     generator: Generator,
     embedder: Embedder,
@@ -209,25 +274,39 @@ def make_distill_fn(
 ) -> BatchFn:
     """The batch function of the stage: cluster records in, one distilled record or reject each.
 
-    One `generate` call and one `encode` call per batch.
+    Per batch: one `generate` call per candidate (`candidates`, see the module doc) and one
+    `encode` call; clusters marked incoherent are rejected without either.
     """
-    params = distill_params(cfg)
+    params = candidate_params(cfg)
 
-    def distill_batch(clusters: list[dict]) -> list[dict]:
+    def distill_coherent(clusters: list[dict]) -> list[dict]:
         members = [_members_of(cluster, members_by_id) for cluster in clusters]
         task_types = [cluster_task_type(group, cfg.default_task_type) for group in members]
         prompts = [
             build_messages(group, task_type, cfg)
             for group, task_type in zip(members, task_types, strict=True)
         ]
-        generations = generator.generate(prompts, params)
         drafts = [
-            _draft(*item) for item in zip(clusters, members, task_types, generations, strict=True)
+            _draft(*item)
+            for candidate in params
+            for item in zip(
+                clusters, members, task_types, generator.generate(prompts, candidate), strict=True
+            )
         ]
         vectors = _embed(drafts, embedder)
-        return [
+        records = [
             _finish(draft, vector, cfg, generator.name)
             for draft, vector in zip(drafts, vectors, strict=True)
+        ]
+        count = len(clusters)
+        return [best_candidate(records[i::count]) for i in range(count)]
+
+    def distill_batch(clusters: list[dict]) -> list[dict]:
+        coherent = [cluster for cluster in clusters if is_coherent(cluster)]
+        done = iter(distill_coherent(coherent) if coherent else [])
+        return [
+            next(done) if is_coherent(cluster) else incoherent_reject(cluster)
+            for cluster in clusters
         ]
 
     return distill_batch

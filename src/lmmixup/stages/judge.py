@@ -59,6 +59,12 @@ def _note_truncation(record: dict) -> dict:
     return record
 
 
+def rubric_task(record: dict, cfg: RateConfig) -> str | None:
+    """The task type whose rubric paragraph the judge sees: the record's own with
+    `rate.rubric_by_task`, else None (the one rubric for all)."""
+    return record.get("task_type") if cfg.rubric_by_task else None
+
+
 def is_rated(record: dict) -> bool:
     return record.get("rating") is not None
 
@@ -107,7 +113,11 @@ def make_generate_judge(
                 seed=attempt,
             )
             prompts = [
-                build_rubric_messages(_clip(batch[i]["prompt"]), _clip(batch[i]["completion"]))
+                build_rubric_messages(
+                    _clip(batch[i]["prompt"]),
+                    _clip(batch[i]["completion"]),
+                    rubric_task(batch[i], cfg),
+                )
                 for i in pending
             ]
             try:
@@ -270,7 +280,10 @@ def make_logprob_judge(
 
     def judge(batch: list[dict]) -> list[dict]:
         prompts = [
-            build_rubric_logprob_prompt(_clip(r["prompt"]), _clip(r["completion"])) for r in batch
+            build_rubric_logprob_prompt(
+                _clip(r["prompt"]), _clip(r["completion"]), rubric_task(r, cfg)
+            )
+            for r in batch
         ]
         texts = [model.render(p.messages, p.assistant_prefix) for p in prompts]
         dist = cached_distribution(model, texts, cache, reading)

@@ -78,7 +78,8 @@ def select_files(
     allow_short: bool = False,
     allow_empty: bool = True,
 ) -> dict:
-    """The method's selection: top distilled by long-tail + top originals by (score, long-tail).
+    """The method's selection: top distilled by long-tail + top originals by (score, long-tail),
+    with `cfg.per_task` each side filled per task type (`mix_budget`).
 
     Both files must hold rated records; an empty one is allowed (the other side fills it)
     unless `allow_empty` is false, as for files a user names."""
@@ -95,6 +96,7 @@ def select_files(
         original_long_tail=long_tail(originals, cfg),
         mixup_long_tail=long_tail(distilled, cfg),
         allow_short=allow_short,
+        per_task=cfg.per_task,
     )
     return write_selection(selection, output)
 

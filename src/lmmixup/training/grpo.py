@@ -124,11 +124,11 @@ def build_grpo_trainer(cfg: GRPOTrainConfig, rewards: RewardSet):
         loss_type=cfg.loss_type,
         scale_rewards="group",
         max_completion_length=cfg.max_completion_length,
-        reward_weights=[rewards.weights[name] for name in COMPONENTS],
+        reward_weights=rewards.for_trainer()[1],
     )
     trainer = GRPOTrainer(
         model=model,
-        reward_funcs=[rewards.functions[name] for name in COMPONENTS],
+        reward_funcs=rewards.for_trainer()[0],
         args=args,
         train_dataset=Dataset.from_list(rows.rows),
         processing_class=tokenizer,

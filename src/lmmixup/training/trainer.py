@@ -5,6 +5,7 @@ with its `summary.json`."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import shutil
 import time
 from collections.abc import Mapping
@@ -149,11 +150,25 @@ def trainer_arguments(cfg: BaseTrainSettings, learning_rate: float) -> dict[str,
 
 
 def last_checkpoint(output_dir: str | Path) -> str | None:
-    """The newest `checkpoint-N` folder of a previous run, None when there is none."""
-    from transformers.trainer_utils import get_last_checkpoint
+    """The newest complete `checkpoint-N` folder of a previous run, None when there is none.
 
+    The trainer writes a checkpoint's trainer_state.json last: a folder without a readable one
+    was cut short (a kill while saving) and is passed over for the one before it.
+    """
     folder = Path(output_dir)
-    return get_last_checkpoint(str(folder)) if folder.is_dir() else None
+    found = []
+    for path in folder.glob("checkpoint-*") if folder.is_dir() else []:
+        step = path.name.removeprefix("checkpoint-")
+        if step.isdigit() and _complete_checkpoint(path):
+            found.append((int(step), path))
+    return str(max(found)[1]) if found else None
+
+
+def _complete_checkpoint(path: Path) -> bool:
+    try:
+        return isinstance(json.loads((path / "trainer_state.json").read_text("utf-8")), dict)
+    except (OSError, ValueError):
+        return False
 
 
 def save_final(model: Any, tokenizer: Any, out_dir: str | Path) -> Path:

@@ -25,6 +25,7 @@ from lmmixup.stages.import_pool import IMPORT
 from lmmixup.stages.rate import RATE, RERATE
 from lmmixup.stages.select import SELECT
 from lmmixup.stages.split import SPLIT
+from lmmixup.workflows.health import check_run
 
 _DECLARED = {spec.name: spec for spec in (IMPORT, RATE, SPLIT, CLUSTER, DISTILL, RERATE, SELECT)}
 STAGES: list[StageSpec] = [_DECLARED[name] for name in PIPELINE_ORDER]
@@ -80,6 +81,9 @@ def _run_stages(cfg: RunConfig, run_dir: Path, force: bool) -> dict:
             for key, path in files.items()
         },
     }
+    # what the outputs say about the result (judge, high bar, yield, mix, budget): printed
+    # by `lmmixup run` and shown at the top of the report
+    summary["warnings"] = [warning.as_dict() for warning in check_run(run_dir)]
     from lmmixup.report import REPORT_FILE, write_report
 
     summary["report"] = str(run_dir / REPORT_FILE)

@@ -36,6 +36,7 @@ def experiment(
 
     Finished arms are skipped on a re-run; an interrupted one resumes.
     """
+    from lmmixup.cli.commands.run import print_warnings, run_warnings
     from lmmixup.io.outputs import run_dir_lock
     from lmmixup.workflows.experiment import (
         TABLE_DIR,
@@ -49,3 +50,4 @@ def experiment(
         table = run_experiment(cfg, exp, run_dir, force=force)
     typer.echo(markdown(table))
     typer.echo(f"table -> {run_dir / TABLE_DIR / 'results.md'}")
+    print_warnings(run_warnings(run_dir))  # the pipeline's, last so they are seen

@@ -81,3 +81,43 @@ def _print_summary(summary: dict) -> None:
     console.print(f"manifests: {summary['run_dir']}/<stage>/manifest.json")
     console.print(f"every output: {Path(summary['run_dir']) / 'summary.json'}")
     console.print(f"report: {summary['report']}")
+    print_warnings(summary.get("warnings", []), console)
+
+
+def run_warnings(run_dir: Path) -> list[dict]:
+    """The warnings `lmmixup run` wrote to RUN_DIR/summary.json (none when it has none)."""
+    import json
+
+    try:
+        found = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))["warnings"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    keys = ("code", "message", "advice")
+    if not isinstance(found, list):
+        return []
+    return [
+        w for w in found if isinstance(w, dict) and all(isinstance(w.get(k), str) for k in keys)
+    ]
+
+
+def print_warnings(warnings: list[dict], console=None) -> None:
+    """The run's warnings (summary.json's `warnings`), last on the console so they are seen;
+    printed with -q too: they are the honest part of the result."""
+    if not warnings:
+        return
+    from rich.console import Console
+
+    console = console or Console()
+    count = f"{len(warnings)} warning{'s' if len(warnings) > 1 else ''}"
+    console.rule(f"{count} (also in summary.json and at the top of the report)", style="yellow")
+    for warning in warnings:
+        console.print(
+            f"warning [{warning['code']}]: {warning['message']}",
+            style="bold yellow",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,  # one line each, whatever the width: easy to find and grep
+        )
+        console.print(
+            f"  what to do: {warning['advice']}", markup=False, highlight=False, soft_wrap=True
+        )

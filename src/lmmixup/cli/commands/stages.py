@@ -208,6 +208,7 @@ def cluster(
     """Group records into clusters of pre-drawn sizes (capacity-constrained, k-means centres)."""
     from lmmixup.config import ClusterConfig, load_config
     from lmmixup.io.validate import POOL_RECORD, check_file
+    from lmmixup.runtime.runner import rejects_beside
     from lmmixup.stages.cluster import cluster_file
 
     flags = {
@@ -240,6 +241,17 @@ def cluster(
         typer.echo(
             f"note: {small['clusters']:,} cluster(s) holding {small['records']:,} record(s) are "
             f"smaller than min_size {cfg.min_size}: their groups had fewer records than that"
+        )
+    if counts.get("near_duplicates"):
+        typer.echo(
+            f"{counts['near_duplicates']:,} near-duplicate record(s) not clustered "
+            f"(cosine >= {cfg.dedup_threshold}) -> {rejects_beside(output)}"
+        )
+    if counts.get("incoherent_clusters"):
+        typer.echo(
+            f"note: {counts['incoherent_clusters']:,} cluster(s) holding "
+            f"{counts.get('incoherent_members', 0):,} record(s) are below min_cohesion "
+            f"{cfg.min_cohesion} (coherent: false): distill skips them"
         )
 
 

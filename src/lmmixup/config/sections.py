@@ -6,32 +6,12 @@ config documents itself. Unknown keys are errors that name the key.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    ValidationInfo,
-    field_validator,
-    model_validator,
-)
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
+from lmmixup.config.base import ADDED_LATER, DEFAULT_EMBEDDER, DEFAULT_LM, OPERATIONAL, Section
 from lmmixup.errors import ConfigError
-
-DEFAULT_LM = "bundled:smollm2-135m-instruct"
-DEFAULT_EMBEDDER = "bundled:minilm"
-# Keys that change how a stage runs but not what it produces: a resumed stage may change them.
-OPERATIONAL = {"operational": True}
-
-
-class Section(BaseModel):
-    """Base for every config section: unknown keys are errors, values are checked on assignment."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
 
 
 class SourceSpec(Section):
@@ -193,6 +173,11 @@ class RateConfig(Section):
         3, ge=1, description="kNN-Bayes: neighbours used to estimate the transition matrix."
     )
     seed: int = Field(0, description="Seed for choosing the judged fraction.")
+    rubric_by_task: bool = Field(
+        False,
+        description="Add to the rubric a paragraph on what correct and informative mean for the record's task_type (qa, mcq, tfq, cs, paragraph); records without one get the plain rubric. Off: one rubric for all.",
+        json_schema_extra=ADDED_LATER,
+    )
 
     @field_validator("mode")
     @classmethod
@@ -243,6 +228,22 @@ class ClusterConfig(Section):
     per_source: bool = Field(False, description="Cluster each source subset separately.")
     embedder: str = Field(
         DEFAULT_EMBEDDER, description="Sentence embedder for prompt + completion."
+    )
+    min_cohesion: float = Field(
+        0.95,
+        ge=0,
+        le=1,
+        description="Cohesion floor (mean cosine of the members to their centre): a cluster below it is written with coherent: false and not distilled, so unrelated samples are never merged; its members stay unselected low-quality rows. 0.95 is measured for the bundled MiniLM embedder (docs/BENCHMARKS.md); 0 distills every cluster.",
+    )
+    greedy_seeding: bool = Field(
+        False,
+        description="Seed k-means with greedy k-means++ (the best of 2 + ln k candidates per seed, as scikit-learn and the paper's reference do) instead of plain k-means++. Off: on MiniLM embeddings of the bundled pairs it gave 1-4% less cohesive clusters (docs/BENCHMARKS.md).",
+    )
+    dedup_threshold: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="Near-duplicate removal before clustering: a record whose cosine to an earlier kept record is at least this is not clustered and goes to the stage's rejects file (reason near_duplicate, with the id it duplicates). null = off (the default: it removes the redundant variants the method merges); the paper's code uses 0.92.",
     )
 
     @model_validator(mode="after")
@@ -296,6 +297,43 @@ class DistillConfig(Section):
         le=1,
         description="Faithfulness: drop a distillation whose answer repeats one member this closely (word-level similarity).",
     )
+    near_copy_share: float = Field(
+        0.8,
+        gt=0,
+        le=1,
+        description="Verifier near_copy: drop a pair that repeats one member (runs of 4+ words) for this share of its words and then ends with words no member has.",
+    )
+    free_number_max: float = Field(
+        10,
+        ge=0,
+        description="Verifier unsupported_number: numbers up to this (step numbers, small counts) need no member to contain them.",
+    )
+    max_unsupported_numbers: int = Field(
+        2,
+        ge=0,
+        description="Verifier unsupported_number: numbers (besides the final answer, which must always be supported) that no member has and the pair does not compute; more fail.",
+    )
+    max_unsupported_entities: int = Field(
+        2,
+        ge=0,
+        description="Verifier unsupported_entity: capitalised words mid-sentence (names, places, products) that no member has; more fail.",
+    )
+    min_coverage: float = Field(
+        0.3,
+        ge=0,
+        le=1,
+        description="Verifier low_coverage: the pair must keep at least this mean share of each member's key terms (content words, numbers).",
+    )
+    candidates: int = Field(
+        1,
+        ge=1,
+        description="Candidates per cluster: 1 = one reply (greedy by default); n > 1 adds n-1 samples at candidate_temperature and keeps the best that passes every check.",
+    )
+    candidate_temperature: float = Field(
+        0.7,
+        gt=0,
+        description="Sampling temperature of the extra candidates when candidates > 1.",
+    )
 
 
 class RerateConfig(Section):
@@ -321,6 +359,11 @@ class SelectConfig(Section):
     embedder: str = Field(
         DEFAULT_EMBEDDER, description="Sentence embedder for the long-tail score."
     )
+    per_task: bool = Field(
+        False,
+        description="Fill each side (distilled, original) per task_type, in proportion to the candidates' task-type shares (both sides together), each task's best first; a task short of rows gives its places to the others.",
+        json_schema_extra=ADDED_LATER,
+    )
 
 
 class RunConfig(Section):
@@ -345,103 +388,3 @@ class RunConfig(Section):
     select: SelectConfig = Field(
         default_factory=SelectConfig, description="Build the training set."
     )
-
-
-def result_config(section: Section) -> dict:
-    """The section as JSON without operational keys: what a stage's fingerprint is built from."""
-    data = section.model_dump(mode="json", by_alias=True)
-    for name, info in type(section).model_fields.items():
-        key = info.alias or name
-        value = getattr(section, name)
-        if (info.json_schema_extra or {}).get("operational"):
-            data.pop(key)
-        elif isinstance(value, Section):
-            data[key] = result_config(value)
-    return data
-
-
-def _format_errors(error: ValidationError, origin: str) -> str:
-    parts = []
-    for item in error.errors():
-        where = ".".join(str(p) for p in item["loc"]) or "(top level)"
-        if item["type"] == "extra_forbidden":
-            parts.append(f"unknown key '{where}'")
-        else:
-            parts.append(f"'{where}': {item['msg']}")
-    return f"{origin}: " + "; ".join(parts)
-
-
-def validate(model: type[Section], data: dict, origin: str = "config") -> Section:
-    """Build a config section, turning pydantic's errors into one readable ConfigError."""
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(_format_errors(exc, origin)) from None
-
-
-def load_yaml(path: str | Path) -> dict:
-    """Read a YAML mapping (an empty file is an empty mapping)."""
-    try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such config file") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping")
-    return data
-
-
-def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """Apply `a.b.c=value` overrides (values parsed as YAML) to a nested dict, in place."""
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. select.budget=500")
-        node = data
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {item!r}: '{part}' is not a section")
-        node[leaf] = yaml.safe_load(raw)
-    return data
-
-
-def load_config(
-    model: type[Section], path: str | Path | None, overrides: list[str] = ()
-) -> Section:
-    """A config section from an optional YAML file plus dotted overrides."""
-    data = load_yaml(path) if path else {}
-    apply_overrides(data, list(overrides))
-    return validate(model, data, str(path) if path else "config")
-
-
-def to_yaml(config: Section) -> str:
-    """YAML for a config with every field's description as a comment above it."""
-    lines: list[str] = []
-    _emit(config, 0, lines)
-    return "\n".join(lines) + "\n"
-
-
-def _emit(section: Section, indent: int, lines: list[str]) -> None:
-    pad = "  " * indent
-    for name, info in type(section).model_fields.items():
-        key = info.alias or name
-        value = getattr(section, name)
-        if info.description:
-            lines.append(f"{pad}# {info.description}")
-        if isinstance(value, Section):
-            lines.append(f"{pad}{key}:")
-            _emit(value, indent + 1, lines)
-            continue
-        dumped = value.model_dump() if isinstance(value, BaseModel) else value
-        if isinstance(dumped, list):
-            dumped = [
-                v.model_dump(exclude_none=True) if isinstance(v, BaseModel) else v for v in dumped
-            ]
-        text = yaml.safe_dump(dumped, default_flow_style=True, sort_keys=False).strip()
-        text = text.removesuffix("\n...").removesuffix("...").strip()
-        lines.append(f"{pad}{key}: {text}")

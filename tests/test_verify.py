@@ -1,0 +1,236 @@
+"""The model-free verifiers of a distilled pair (lmmixup.method.verify, lmmixup.method.answers)."""
+
+import pytest
+
+from lmmixup.config import DistillConfig
+from lmmixup.method.answers import FinalAnswer, final_answer, normalise_number, numbers_in
+from lmmixup.method.verify import (
+    derived_numbers,
+    entities_in,
+    near_copy_score,
+    placeholders_in,
+    verify_pair,
+)
+
+CFG = DistillConfig()
+
+
+def member(prompt: str, completion: str) -> dict:
+    return {"prompt": prompt, "completion": completion}
+
+
+# ---------------------------------------------------------------------------- final answers
+
+OPTIONS = "Q: How much?\nA) 98\nB) 294\nC) 96\nD) 980"
+
+
+@pytest.mark.parametrize(
+    ("prompt", "completion", "expected"),
+    [
+        ("q", "10 - 1 = 9\n#### 9", FinalAnswer("number", "9")),
+        ("q", "#### 1\nthen\n#### $1,200.00", FinalAnswer("number", "1200")),
+        ("q", "so \\boxed{3.0}", FinalAnswer("number", "3")),
+        ("q", "The answer is $30.", FinalAnswer("number", "30")),
+        ("q", "The final answer is: 16 feet", FinalAnswer("number", "16")),
+        (OPTIONS, "A", FinalAnswer("number", "98")),
+        (OPTIONS, "Answer: (C) because", FinalAnswer("number", "96")),
+        ("Q: Pick\nA) red\nB) blue\nC) green\nD) pink", "B", FinalAnswer("text", "blue")),
+        ("Statement: the sky is green", "False, it is blue", FinalAnswer("verdict", "false")),
+        ("x", "Adding up... So the statement is True.", FinalAnswer("verdict", "true")),
+        ("x", "a cat is nice", None),
+        ("x", "The answer is a bit complicated.", None),
+        (OPTIONS, "a lot of text", None),
+    ],
+)
+def test_final_answer(prompt, completion, expected):
+    assert final_answer(prompt, completion) == expected
+
+
+def test_numbers_are_normalised():
+    assert normalise_number("$1,200.50") == "1200.5"
+    assert normalise_number("3.00") == "3"
+    assert normalise_number("abc") is None
+    assert numbers_in("$1,200 and 3.0 or 10-20 moves, 50% and 7.") == [
+        "1200",
+        "3",
+        "10",
+        "20",
+        "50",
+        "7",
+    ]
+
+
+# ---------------------------------------------------------------------------- the parts
+
+
+def test_derived_numbers_are_correct_arithmetic_only():
+    text = (
+        "there were 10 pairs of socks * 2 socks/pair = 20 socks. 20 + 15 = 35 socks. "
+        "<<6*2=12>> and 2 * 7 / 2 = 16 wrong; 50 socks – 35 socks = 15"
+    )
+    assert derived_numbers(text) == {"20", "35", "12", "15"}
+
+
+def test_placeholders():
+    text = (
+        "Visit [insert link] or [...] and {name}, <insert your email>, but not "
+        "[a link](http://x), arr[i], \\frac{a}{b}, [ ] or [x]."
+    )
+    assert placeholders_in(text) == ["[insert link]", "[...]", "{name}", "<insert your email>"]
+
+
+def test_entities_are_capitalised_words_mid_sentence():
+    assert entities_in("The feature by Chime that I use. Then NASA said, Paris is big") == [
+        "Chime",
+        "NASA",
+        "Paris",
+    ]
+
+
+def test_near_copy_score_and_tail():
+    base = "the quick brown fox jumps over the lazy dog every single morning"
+    share, tail = near_copy_score(base + " then sells [your_spot_limit]", [base, "other"])
+    assert share > 0.7 and tail[-3:] == ["[", "your_spot_limit", "]"]
+    assert near_copy_score("nothing alike here at all", [base]) == (
+        0.0,
+        ["nothing", "alike", "here", "at", "all"],
+    )
+
+
+# ---------------------------------------------------------------------------- verify_pair
+
+THEO = member(
+    "Theo has $10 and buys a pen for $7. How much does he have left?",
+    "Theo has $10 and spends $7, so 10 - 7 = 3 dollars are left.\n#### 3",
+)
+
+
+def test_a_correct_merge_passes_and_carries_its_scores():
+    other = member(
+        "Theo had 10 dollars, bought a pen for 7 dollars. Money left?",
+        "He has 10 - 7 = 3 left. The answer is 3.",
+    )
+    result = verify_pair(
+        "Theo has $10 and buys a pen for $7. How much money does he have left?",
+        "Theo spends $7 of his $10, so 10 - 7 = 3 dollars are left.\n#### 3",
+        [THEO, other],
+        CFG,
+    )
+    assert result.flags == ()
+    checks = result.as_dict()
+    assert checks["answer"] == "3" and checks["answer_agrees"] is True
+    assert checks["member_answers"] == ["3"]
+    assert checks["coverage"] >= CFG.min_coverage
+    assert set(checks) == {
+        "answer",
+        "member_answers",
+        "answer_agrees",
+        "unsupported_numbers",
+        "placeholders",
+        "unsupported_entities",
+        "near_copy",
+        "coverage",
+    }
+
+
+def test_issue_bad_merge_answer_10_where_the_member_says_3():
+    result = verify_pair(
+        "Theo has $10 and buys a pen for $7. How much does he have left?",
+        "Theo received $10 - $1 = $10 dollars.\n#### 10",
+        [THEO],
+        CFG,
+    )
+    assert result.answer_agrees is False
+    assert "answer_mismatch" in result.flags
+
+
+def test_issue_bad_merge_premises_gone_answers_60_where_the_member_says_30():
+    pages = member(
+        "Sarah reads 5 pages a day for 6 days. How many pages does she read?",
+        "She reads 5 * 6 = 30 pages.\n#### 30",
+    )
+    result = verify_pair(
+        "How many pages does she read?", "She reads 60 pages.\n#### 60", [pages], CFG
+    )
+    assert "answer_mismatch" in result.flags
+    assert "unsupported_number" in result.flags and result.unsupported_numbers == ("60",)
+
+
+def test_issue_bad_merge_near_copy_ending_in_a_placeholder():
+    spot = member(
+        "what is my spotme limit",
+        'The information provided does not specify your "SpotMe" limit. SpotMe is a feature '
+        "that allows eligible members to overdraft their account up to $20.00 without any "
+        "overdraft fees. To see your current limit, log in to the app.",
+    )
+    result = verify_pair(
+        "What is my spotme limit",
+        'The information provided does not specify your "SpotMe" limit. SpotMe is a feature '
+        "that allows eligible members to overdraft their account up to $20.00 without any "
+        "overdraft fees. To see your current limit, [your_spot_limit]",
+        [spot],
+        CFG,
+    )
+    assert result.flags[:1] == ("near_copy",)
+    assert "placeholder" in result.flags and result.placeholders == ("[your_spot_limit]",)
+
+
+def test_no_final_answer_when_a_member_states_one():
+    result = verify_pair(
+        "Theo has $10 and buys a pen for $7.", "He has some money left.", [THEO], CFG
+    )
+    assert "no_final_answer" in result.flags and result.answer is None
+
+
+def test_members_without_final_answers_do_not_ask_for_one():
+    chat = member("Tell me about dogs.", "Dogs are loyal animals that love walks and play.")
+    result = verify_pair(
+        "Tell me about dogs.", "Dogs are loyal animals that love play.", [chat], CFG
+    )
+    assert result.answer_agrees is None and "no_final_answer" not in result.flags
+
+
+def test_unsupported_numbers_have_a_tolerance_but_the_answer_has_none():
+    base = member("Ann has 25 apples and 40 pears.", "She has 25 + 40 = 65 fruits. #### 65")
+    cfg = DistillConfig(max_unsupported_numbers=1)
+    one = verify_pair(
+        "Ann has 25 apples and 40 pears.",
+        "She has 25 + 40 = 65 fruits, 99 boxes. #### 65",
+        [base],
+        cfg,
+    )
+    assert one.unsupported_numbers == ("99",) and "unsupported_number" not in one.flags
+    two = verify_pair(
+        "Ann has 25 apples and 40 pears.",
+        "She has 25 + 40 = 65 fruits, 99 boxes, 77 bags. #### 65",
+        [base],
+        cfg,
+    )
+    assert "unsupported_number" in two.flags
+    small = verify_pair(
+        "Ann has 25 apples and 40 pears.",
+        "Step 1: 25 + 40 = 65. Step 2: done. #### 65",
+        [base],
+        cfg,
+    )
+    assert small.flags == ()
+
+
+def test_unsupported_entities_above_the_tolerance():
+    dogs = member("Tell me about dogs.", "Dogs are loyal animals that love walks and play.")
+    text = "Dogs are loyal animals that love walks, says Oxford, near Berlin and Rome."
+    assert "unsupported_entity" in verify_pair("Tell me about dogs.", text, [dogs], CFG).flags
+    assert (
+        "unsupported_entity"
+        not in verify_pair(
+            "Tell me about dogs.", text, [dogs], DistillConfig(max_unsupported_entities=3)
+        ).flags
+    )
+
+
+def test_low_coverage_when_the_pair_drops_the_members_content():
+    pizza = member("How much do 3 pizzas at $12 cost?", "3 * 12 = 36 dollars. #### 36")
+    pen = member("Theo buys a pen for $7 with $10.", "10 - 7 = 3. #### 3")
+    result = verify_pair("1. The answer is 36.", "2. The answer is 36.", [pizza, pen], CFG)
+    assert result.answer_agrees is True
+    assert result.coverage < CFG.min_coverage and "low_coverage" in result.flags
