@@ -5,7 +5,7 @@ import pytest
 from lmmixup.config import DistillConfig
 from lmmixup.method.answers import FinalAnswer, final_answer, normalise_number, numbers_in
 from lmmixup.method.verify import (
-    derived_numbers,
+    checked_equations,
     entities_in,
     near_copy_score,
     placeholders_in,
@@ -68,7 +68,26 @@ def test_derived_numbers_are_correct_arithmetic_only():
         "there were 10 pairs of socks * 2 socks/pair = 20 socks. 20 + 15 = 35 socks. "
         "<<6*2=12>> and 2 * 7 / 2 = 16 wrong; 50 socks – 35 socks = 15"
     )
-    assert derived_numbers(text) == {"20", "35", "12", "15"}
+    derived, wrong = checked_equations(text)
+    assert derived == {"20", "35", "12", "15"}
+    assert wrong == ["2*7/2=16"]
+
+
+def test_only_plain_wrong_equations_count_as_wrong_arithmetic():
+    right = "$30*7 = $210, <<6*2=12>>, 10 / 3 = 3.33, 100 x 1/4 = 25, 9 hours * 2/3 = 6 hours"
+    unreadable = ".20*50 = 10 people, 2x + 10 = 100, (200+10)/3 = 70"
+    assert checked_equations(f"{right}; {unreadable}")[1] == []
+    assert checked_equations("So 5 + 5 = 11. Then 3 × 4 = 12.")[1] == ["5+5=11"]
+
+
+def test_a_wrong_equation_is_flagged_unless_a_member_wrote_it():
+    member = {"prompt": "A tank holds 17 feet, then 7 more.", "completion": "#### 16"}
+    verdict = verify_pair("Tank depth?", "2 * 7 / 2 = 16 feet.\n#### 16", [member], CFG)
+    assert "wrong_arithmetic" in verdict.flags
+    assert verdict.as_dict()["wrong_arithmetic"] == ["2*7/2=16"]
+    quoting = {"prompt": "Why would you say 9+10 = 21?", "completion": "It is a joke."}
+    verdict = verify_pair("Why would you say 9+10 = 21?", "It is a joke.", [quoting], CFG)
+    assert "wrong_arithmetic" not in verdict.flags
 
 
 def test_placeholders():
@@ -125,6 +144,7 @@ def test_a_correct_merge_passes_and_carries_its_scores():
         "answer",
         "member_answers",
         "answer_agrees",
+        "wrong_arithmetic",
         "unsupported_numbers",
         "placeholders",
         "unsupported_entities",

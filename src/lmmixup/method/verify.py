@@ -5,6 +5,9 @@ Each verifier gives a score recorded on the pair and, when it fails, a reject re
 - answer_mismatch / no_final_answer: when members state final answers (`lmmixup.method.answers`),
   the pair's must equal one of theirs (of the same kind: number, verdict, text);
   a pair that states none when a member does is `no_final_answer`;
+- wrong_arithmetic: a plain equation the pair writes out whose left side does not give its
+  right side (`2 * 7 / 2 = 16`), within `ARITHMETIC_TOLERANCE` for rounded results; one a
+  member wrote too is quoted, not invented;
 - unsupported_number: a number in the pair that no member has, is not small (at most
   `free_number_max`: step numbers, counts) and is not the correct result of arithmetic the
   pair writes out (`20 + 15 = 35`). The pair's final answer must be supported; of its other
@@ -40,6 +43,7 @@ VERIFY_REASONS = (
     "near_copy",
     "answer_mismatch",
     "no_final_answer",
+    "wrong_arithmetic",
     "unsupported_number",
     "placeholder",
     "unsupported_entity",
@@ -67,6 +71,12 @@ _CHECKBOX = re.compile(r"\[\s*[xX ]?\s*\]")
 _ENTITY = re.compile(r"(?<=[a-z0-9,;] )[A-Z][A-Za-z]*[A-Za-z]")
 _KEY_WORD = re.compile(r"[a-z]{4,}")
 _EQUATION = re.compile(r"([^=\n<>.;:!?]*?)=\s*\$?(\d[\d,]*(?:\.\d+)?)")
+# Plain arithmetic only (numbers, + - * / x, no words, units, variables or brackets), so an
+# equation read as wrong really is: `$30*7 = $210`, `<<6*2=12>>`; not `.20*50`, `2x + 10`.
+_PLAIN_EQUATION = re.compile(
+    r"(?<![\w.,/()%$])\$?(\d+(?:\.\d+)?(?:\s*[-+*/×]\s*\$?\d+(?:\.\d+)?)+)"
+    r"\s*=\s*\$?(\d+(?:\.\d+)?)(?![\w(]|\.\d|\s*[-+*/×]\s*\d)"
+)
 _ARITH_TOKEN = re.compile(r"\d[\d,]*(?:\.\d+)?|[-+*/×÷–−]|(?<=\s)x(?=\s)")
 _OPS = {"×": "*", "x": "*", "÷": "/", "–": "-", "−": "-"}
 _BINARY = {
@@ -76,6 +86,9 @@ _BINARY = {
     ast.Div: operator.truediv,
 }
 _MIN_RUN = 4  # words: a shorter match with a member is not a copied run
+# Relative error allowed between an equation's sides: written results are often rounded
+# (`10 / 3 = 3.33`), so a result within 1% of the exact value counts as correct.
+ARITHMETIC_TOLERANCE = 0.01
 
 
 @dataclass(frozen=True)
@@ -86,6 +99,7 @@ class Verification:
     answer: str | None
     member_answers: tuple[str, ...]
     answer_agrees: bool | None
+    wrong_arithmetic: tuple[str, ...]
     unsupported_numbers: tuple[str, ...]
     placeholders: tuple[str, ...]
     unsupported_entities: tuple[str, ...]
@@ -98,6 +112,7 @@ class Verification:
             "answer": self.answer,
             "member_answers": list(self.member_answers),
             "answer_agrees": self.answer_agrees,
+            "wrong_arithmetic": list(self.wrong_arithmetic),
             "unsupported_numbers": list(self.unsupported_numbers),
             "placeholders": list(self.placeholders),
             "unsupported_entities": list(self.unsupported_entities),
@@ -141,9 +156,10 @@ def _lhs_expression(segment: str) -> str:
     return "".join(parts)
 
 
-def derived_numbers(text: str) -> set[str]:
-    """Numbers a text computes correctly: the right side of `a + b = c` (words between the
-    numbers allowed, GSM8K's `<<a*b=c>>` too) when the left side's arithmetic gives it."""
+def checked_equations(text: str) -> tuple[set[str], list[str]]:
+    """The arithmetic a text writes out, checked: the results it computes correctly
+    (`a + b = c`, words between the numbers allowed, GSM8K's `<<a*b=c>>` too), and the plain
+    equations whose left side does not give their right side (`2 * 7 / 2 = 16`)."""
     derived: set[str] = set()
     for segment, result in _EQUATION.findall(text):
         expression = _lhs_expression(segment)
@@ -151,9 +167,30 @@ def derived_numbers(text: str) -> set[str]:
         if not normalised or not any(op in expression for op in "+-*/"):
             continue
         value = _evaluate(expression)
-        if value is not None and abs(value - float(normalised[0])) <= 1e-6 * max(1, abs(value)):
+        if value is not None and _same(value, float(normalised[0])):
             derived.add(normalised[0])
-    return derived
+    wrong = []
+    for match in _PLAIN_EQUATION.finditer(text):
+        if _continues_arithmetic(text[: match.start()]):
+            continue  # `100 x 1/4 = 25`: only the tail of the written sum was matched
+        left, right = match.groups()
+        expression = re.sub(r"[\s$]", "", left).replace("×", "*")
+        value = _evaluate(expression)
+        if value is not None and not _same(value, float(right)):
+            wrong.append(f"{expression}={right}")
+    return derived, wrong
+
+
+def _continues_arithmetic(before: str) -> bool:
+    """Whether the text before a match ends inside a longer expression (an operator, a
+    number, or `x` as a times sign)."""
+    token = before.rstrip().rsplit(maxsplit=1)[-1] if before.strip() else ""
+    return bool(token) and (token in {"x", "X"} or token[-1] in "0123456789*×/+-=(.,%$")
+
+
+def _same(value: float, written: float) -> bool:
+    """Whether a written result is the computed value, allowing for rounding."""
+    return abs(value - written) <= ARITHMETIC_TOLERANCE * max(1, abs(value))
 
 
 def placeholders_in(text: str) -> list[str]:
@@ -232,7 +269,12 @@ def verify_pair(
     elif answer is None and member_answers:
         flags.append("no_final_answer")
 
-    supported = {n for member in full_members for n in numbers_in(member)} | derived_numbers(text)
+    derived, wrong = checked_equations(text)
+    quoted = {w for member in full_members for w in checked_equations(member)[1]}
+    wrong = [equation for equation in wrong if equation not in quoted]
+    if wrong:
+        flags.append("wrong_arithmetic")
+    supported = {n for member in full_members for n in numbers_in(member)} | derived
     unsupported = [
         number
         for number in dict.fromkeys(numbers_in(text))
@@ -270,6 +312,7 @@ def verify_pair(
         answer=None if answer is None else answer.value,
         member_answers=tuple(dict.fromkeys(a.value for a in member_answers)),
         answer_agrees=agrees,
+        wrong_arithmetic=tuple(wrong),
         unsupported_numbers=tuple(unsupported),
         placeholders=tuple(placeholders),
         unsupported_entities=tuple(entities),

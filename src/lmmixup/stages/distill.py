@@ -15,7 +15,8 @@ to the members. Every cluster ends as one distilled record or one reject with it
 - drift: the pair is far, in embedding space, from the members it should merge;
 - the verifiers of `lmmixup.method.verify`, in this order: near_copy (one member repeated
   with an ending no member has), answer_mismatch (the pair's final answer is none of the
-  members'), no_final_answer (members state one, the pair none), unsupported_number,
+  members'), no_final_answer (members state one, the pair none), wrong_arithmetic (a
+  written equation that does not hold), unsupported_number,
   placeholder (e.g. `[your_spot_limit]`), unsupported_entity, low_coverage;
 - incoherent: the cluster stage marked the cluster `"coherent": false` (cohesion below its
   floor); it is not sent to the model and its members stay unselected low-quality rows.
