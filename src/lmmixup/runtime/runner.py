@@ -104,6 +104,31 @@ class StageResult:
     skipped: bool
 
 
+def run_summary(
+    run_dir: Path, results: list[StageResult], outputs: dict[str, dict[str, Path]]
+) -> dict:
+    """The `summary.json` core of a run of stages: each stage's status, counts, time and
+    manifest, and every output by `stage.key`."""
+    return {
+        "run_dir": str(run_dir.resolve()),
+        "stages": {
+            r.name: {
+                "status": r.manifest["status"],
+                "skipped": r.skipped,
+                "counts": r.manifest.get("counts", {}),
+                "seconds": r.manifest.get("total_seconds"),
+                "manifest": str(r.path / "manifest.json"),
+            }
+            for r in results
+        },
+        "outputs": {
+            f"{stage}.{key}": str(path)
+            for stage, files in outputs.items()
+            for key, path in files.items()
+        },
+    }
+
+
 def run_stage(
     run_dir: str | Path,
     name: str,

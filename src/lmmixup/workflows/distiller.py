@@ -31,7 +31,7 @@ from lmmixup.evaluation.distiller import ModelSpec
 from lmmixup.io.assets import BUILTIN_SOURCES, builtin_path
 from lmmixup.io.jsonl import write_text_atomic
 from lmmixup.io.outputs import run_dir_lock
-from lmmixup.runtime.runner import StageDir, StageResult, run_stage
+from lmmixup.runtime.runner import StageDir, StageResult, run_stage, run_summary
 from lmmixup.runtime.spec import StageSpec
 from lmmixup.training.trainer import FINAL_DIR, SUMMARY_FILE
 from lmmixup.workflows.distiller_config import (
@@ -258,22 +258,7 @@ def _write_summary(run_dir: Path, results: list[StageResult], outputs: dict) -> 
     from lmmixup.report import REPORT_FILE, write_report
 
     summary: dict[str, Any] = {
-        "run_dir": str(run_dir.resolve()),
-        "stages": {
-            r.name: {
-                "status": r.manifest["status"],
-                "skipped": r.skipped,
-                "counts": r.manifest.get("counts", {}),
-                "seconds": r.manifest.get("total_seconds"),
-                "manifest": str(r.path / "manifest.json"),
-            }
-            for r in results
-        },
-        "outputs": {
-            f"{stage}.{key}": str(path)
-            for stage, files in outputs.items()
-            for key, path in files.items()
-        },
+        **run_summary(run_dir, results, outputs),
         "distiller": str(outputs["grpo"]["final"]),
         "warnings": [warning.as_dict() for warning in run_warnings(results)],
         "report": str(run_dir / REPORT_FILE),

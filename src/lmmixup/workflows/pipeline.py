@@ -16,7 +16,7 @@ from lmmixup.io.assets import BUILTIN_SOURCES, builtin_path
 from lmmixup.io.jsonl import write_text_atomic
 from lmmixup.io.outputs import run_dir_lock
 from lmmixup.io.sources import is_saved_dataset
-from lmmixup.runtime.runner import StageResult, run_stage
+from lmmixup.runtime.runner import StageResult, run_stage, run_summary
 from lmmixup.runtime.spec import StageSpec
 from lmmixup.stages import PIPELINE_ORDER
 from lmmixup.stages.cluster import CLUSTER
@@ -63,24 +63,7 @@ def _run_stages(cfg: RunConfig, run_dir: Path, force: bool) -> dict:
         )
         outputs[stage.name] = {key: result.path / name for key, name in stage.outputs.items()}
         results.append(result)
-    summary = {
-        "run_dir": str(run_dir.resolve()),
-        "stages": {
-            r.name: {
-                "status": r.manifest["status"],
-                "skipped": r.skipped,
-                "counts": r.manifest.get("counts", {}),
-                "seconds": r.manifest.get("total_seconds"),
-                "manifest": str(r.path / "manifest.json"),
-            }
-            for r in results
-        },
-        "outputs": {
-            f"{stage}.{key}": str(path)
-            for stage, files in outputs.items()
-            for key, path in files.items()
-        },
-    }
+    summary = run_summary(run_dir, results, outputs)
     # what the outputs say about the result (judge, high bar, yield, mix, budget): printed
     # by `lmmixup run` and shown at the top of the report
     summary["warnings"] = [warning.as_dict() for warning in check_run(run_dir)]
