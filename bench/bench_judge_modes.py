@@ -16,7 +16,7 @@ from common import bundled_pool, machine_note
 from lmmixup.backends.base import GenParams
 from lmmixup.backends.hf import HFChatModel
 from lmmixup.method.rubric import build_rubric_logprob_prompt, build_rubric_messages, parse_rating
-from lmmixup.stages.judge import logprob_rating, score_distribution
+from lmmixup.stages.judge_scores import logprob_rating, score_distribution
 
 
 def run(samples: int, batch_size: int, model_name: str) -> str:

@@ -6,13 +6,19 @@ What each request gets is chosen by the content of its last user message:
    takes the next reply, and the last reply repeats forever;
 2. else a scenario named by `[[fake:NAME]]` anywhere in the content (see SCENARIOS), which
    also advances per distinct content, so a judge prompt that wraps a sample still works;
-3. else an echo: the reply text is "echo: " + the content.
+3. else the server's `default` reply when it has one, else an echo: the reply text is
+   "echo: " + the content.
 
 A request's `stop` strings are applied as a server would: the reply text ends before the
 first one in it (finish_reason "stop"). `FakeOpenAIServer(stop_reason=True)` acts as vLLM
 does and names in each choice's `stop_reason` the stop string that ended the reply, or null
 (end of sequence; a reply's own `stop_reason` when scripted); without it, like OpenAI or
 llama.cpp, choices carry no `stop_reason`.
+
+A request with `logprobs: true` gets the reply's scripted `logprobs` (see `scores`), at most
+`top_logprobs` alternatives per token, or `logprobs: null` when the reply has none (a server
+that does not give them). A reply with `echo=True` starts its content with the pre-filled
+assistant text of the request, and its logprobs with one entry for it, as llama.cpp does.
 
 Every request is recorded (path, headers, JSON body). Use it as a context manager; on exit
 it stops serving, wakes any reply that is still waiting, and joins all its threads.
@@ -58,6 +64,8 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
     delay_s: float = 0.0
     stop_reason: str | int | None = None
+    logprobs: tuple[tuple[tuple[str, float], ...], ...] | None = None
+    echo: bool = False
 
 
 def ok(
@@ -65,6 +73,13 @@ def ok(
 ) -> Reply:
     """A successful completion with this text."""
     return Reply(text=text, finish_reason=finish_reason, stop_reason=stop_reason)
+
+
+def scores(alternatives: dict[str, float], echo: bool = False) -> Reply:
+    """A one-token reply whose logprobs list `alternatives` (token -> logprob, likeliest
+    first); its text is the first of them."""
+    listed = tuple(alternatives.items())
+    return Reply(text=listed[0][0], finish_reason="length", logprobs=(listed,), echo=echo)
 
 
 def error(status: int, retry_after: float | None = None, message: str = "") -> Reply:
@@ -100,6 +115,13 @@ SCENARIOS: dict[str, tuple[Reply, ...]] = {
     "drop-then-ok": (drop(), ok()),
     "drop-forever": (drop(),),
     "400": (error(400),),
+    "context-400": (
+        error(
+            400,
+            message="request (900 tokens) exceeds the available context size (512 tokens), try increasing it",
+        ),
+    ),
+    "score-7": (scores({"7": -0.2, "8": -1.9, " 7": -3.0, "6": -4.0}),),
     "401-echo-key": (error(401, message="Incorrect API key provided: {api_key}"),),
 }
 
@@ -134,6 +156,27 @@ def stopped(reply: Reply, stops: list[str]) -> Reply:
     return replace(reply, text=reply.text[:index], finish_reason="stop", stop_reason=stop)
 
 
+def _prefill(body: dict) -> str:
+    """The pre-filled assistant text of a request ("" when the last message is not one)."""
+    messages = body.get("messages") or [{}]
+    last = messages[-1]
+    return str(last.get("content", "")) if last.get("role") == "assistant" else ""
+
+
+def _logprobs(body: dict, reply: Reply) -> dict | None:
+    """The choice's `logprobs` for a request that asked for them."""
+    if not body.get("logprobs") or reply.logprobs is None:
+        return None
+    top = int(body.get("top_logprobs") or 0)
+    tokens = [((_prefill(body), 0.0),)] if reply.echo else []
+    entries = []
+    for alternatives in [*tokens, *reply.logprobs]:
+        token, logprob = alternatives[0]
+        listed = [{"token": t, "logprob": lp, "bytes": None} for t, lp in alternatives[:top]]
+        entries.append({"token": token, "logprob": logprob, "bytes": None, "top_logprobs": listed})
+    return {"content": entries}
+
+
 def completion_body(body: dict, reply: Reply, number: int, stop_reason: bool = False) -> dict:
     """A chat.completion object for `reply` (with vLLM's `stop_reason` when asked); token
     counts are word counts."""
@@ -141,11 +184,12 @@ def completion_body(body: dict, reply: Reply, number: int, stop_reason: bool = F
     reply = stopped(reply, [stop] if isinstance(stop, str) else stop)
     prompt_words = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []))
     completion_words = len(reply.text.split())
+    text = _prefill(body) + reply.text if reply.echo else reply.text
     choice = {
         "index": 0,
-        "message": {"role": "assistant", "content": reply.text},
+        "message": {"role": "assistant", "content": text},
         "finish_reason": reply.finish_reason,
-        "logprobs": None,
+        "logprobs": _logprobs(body, reply),
     }
     if stop_reason:
         choice["stop_reason"] = reply.stop_reason
@@ -223,8 +267,9 @@ class _Server(ThreadingHTTPServer):
 class FakeOpenAIServer:
     """The scripted server on 127.0.0.1 (a free port); see the module docstring."""
 
-    def __init__(self, stop_reason: bool = False) -> None:
+    def __init__(self, stop_reason: bool = False, default: Reply | None = None) -> None:
         self.stop_reason = stop_reason
+        self.default = default
         self.requests: list[RecordedRequest] = []
         self.stopping = threading.Event()
         self.max_in_flight = 0
@@ -283,11 +328,10 @@ class FakeOpenAIServer:
                 queue = self._scripts[content] = self._default_queue(content)
             return queue.pop(0) if len(queue) > 1 else queue[0]
 
-    @staticmethod
-    def _default_queue(content: str) -> list[Reply]:
+    def _default_queue(self, content: str) -> list[Reply]:
         match = _DIRECTIVE.search(content)
         if match is None:
-            return [ok(f"echo: {content}")]
+            return [self.default or ok(f"echo: {content}")]
         return list(SCENARIOS[match.group(1)])
 
     def start(self) -> FakeOpenAIServer:

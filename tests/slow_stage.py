@@ -1,4 +1,5 @@
-"""A deliberately slow per-record stage, run as a subprocess by the kill -9 resume test."""
+"""A deliberately slow per-record stage, run as a subprocess by the kill -9 resume tests
+(argv: run dir, record count, and optionally how many batches run at once)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ def slow_double(batch: list[dict]) -> list[dict]:
     return [{"id": r["id"], "value": r["value"] * 2} for r in batch]
 
 
-def main(run_dir: str, count: int) -> None:
+def main(run_dir: str, count: int, concurrency: int = 1) -> None:
     pool = Path(run_dir) / "input.jsonl"
     if not pool.exists():
         write_records(pool, ({"id": f"r{i}", "value": i} for i in range(count)))
@@ -30,6 +31,7 @@ def main(run_dir: str, count: int) -> None:
                 rejects=stage.file("rejects.jsonl"),
                 source=str(pool),
                 batch_size=4,
+                concurrency=concurrency,
             )
         )
 
@@ -37,4 +39,4 @@ def main(run_dir: str, count: int) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]))
+    main(sys.argv[1], *map(int, sys.argv[2:4]))

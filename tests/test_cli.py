@@ -34,7 +34,7 @@ def test_help_does_not_import_heavy_libraries():
 
 
 def test_config_init_then_check(tmp_path):
-    assert _run("config", "init", "-o", "c.yaml", cwd=tmp_path).returncode == 0
+    assert _run("config", "init", "-o", "c.yaml", "--demo", cwd=tmp_path).returncode == 0
     assert _run("config", "check", "c.yaml", cwd=tmp_path).stdout.strip() == "c.yaml: ok"
     again = _run("config", "init", "-o", "c.yaml", cwd=tmp_path)
     assert again.returncode == 2 and "--overwrite" in again.stderr
@@ -134,8 +134,6 @@ def test_split_refuses_one_file_for_high_and_low_and_two_splits_keep_their_unrat
     "command",
     [
         ["rate", "pool.jsonl", "-o", "rated.parquet"],
-        ["select", "--baseline", "random", "--pool", "pool.jsonl", "-o", "train.parquet"],
-        ["data", "import", "pool.jsonl", "-o", "pool.parquet"],
         ["split", "pool.jsonl", "--high", "high.parquet", "--low", "low.jsonl"],
     ],
     ids=lambda command: command[0],

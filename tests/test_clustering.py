@@ -319,7 +319,7 @@ def test_cluster_file_accounts_for_groups_below_min_size(tmp_path, monkeypatch):
     from lmmixup.io.jsonl import read_records, write_records
     from lmmixup.stages.cluster import cluster_file
 
-    monkeypatch.setattr("lmmixup.stages.cluster.load_embedder", lambda name: _FakeEmbedder())
+    monkeypatch.setattr("lmmixup.stages.cluster.load_embedder", lambda *_: _FakeEmbedder())
     records = _records({"big": 20, "lone": 1, "pair": 2})
     write_records(tmp_path / "low.jsonl", records)
     cfg = ClusterConfig(min_size=3, max_size=5, mean_size=4, std_size=1, per_source=True)
@@ -347,7 +347,7 @@ def test_cluster_command_notes_clusters_below_min_size(tmp_path, monkeypatch, ca
     from lmmixup.cli.app import main
     from lmmixup.io.jsonl import write_records
 
-    monkeypatch.setattr("lmmixup.stages.cluster.load_embedder", lambda name: _FakeEmbedder())
+    monkeypatch.setattr("lmmixup.stages.cluster.load_embedder", lambda *_: _FakeEmbedder())
     write_records(tmp_path / "low.jsonl", _records({"big": 20, "lone": 1, "pair": 2}))
     monkeypatch.chdir(tmp_path)
     sizes = ["--min-size", "3", "--max-size", "5", "--mean-size", "4", "--std-size", "1"]
@@ -535,7 +535,7 @@ def test_cluster_file_sets_near_duplicates_aside_and_marks_incoherent_clusters(
         for i in range(len(vectors))
     ]
     table = {f"q{i}": v for i, v in enumerate(vectors)}
-    monkeypatch.setattr("lmmixup.stages.cluster.load_embedder", lambda name: _TableEmbedder(table))
+    monkeypatch.setattr("lmmixup.stages.cluster.load_embedder", lambda *_: _TableEmbedder(table))
     write_records(tmp_path / "low.jsonl", records)
     cfg = ClusterConfig(
         min_size=2, max_size=4, mean_size=3, std_size=1, min_cohesion=0.9, dedup_threshold=0.99

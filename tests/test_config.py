@@ -94,7 +94,7 @@ def test_run_config_problems_are_named_one_line_each(tmp_path):
         (
             {
                 "import": {"sources": ["gsm8k"]},
-                "rate": {"mode": "logprob", "judge": {"backend": "openai"}},
+                "rate": {"mode": "logprob", "judge": {"backend": "vllm"}},
             },
             "rate.mode=logprob",
         ),

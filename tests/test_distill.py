@@ -400,7 +400,7 @@ def _write_inputs(tmp_path):
 def test_distill_clusters_resumes_at_cluster_granularity(tmp_path, monkeypatch):
     generator = _fixture_generator()
     monkeypatch.setattr("lmmixup.backends.load_generator", lambda cfg, cache: generator)
-    monkeypatch.setattr("lmmixup.backends.embed.load_embedder", lambda name: ConstantEmbedder())
+    monkeypatch.setattr("lmmixup.backends.embed.load_embedder", lambda *_: ConstantEmbedder())
     clusters, pool = _write_inputs(tmp_path)
     out, rejects = tmp_path / "distilled.jsonl", tmp_path / "rejects.jsonl"
 
@@ -430,7 +430,7 @@ def test_failed_generations_are_retried_on_the_next_run(tmp_path, monkeypatch):
     working = _fixture_generator()
     generators = iter([failing, working])
     monkeypatch.setattr("lmmixup.backends.load_generator", lambda cfg, cache: next(generators))
-    monkeypatch.setattr("lmmixup.backends.embed.load_embedder", lambda name: ConstantEmbedder())
+    monkeypatch.setattr("lmmixup.backends.embed.load_embedder", lambda *_: ConstantEmbedder())
     clusters, pool = _write_inputs(tmp_path)
     out, rejects = tmp_path / "distilled.jsonl", tmp_path / "rejects.jsonl"
     first = distill_clusters(clusters, pool, out, rejects, CFG)
@@ -452,7 +452,7 @@ def test_tiny_llama_through_hf_backend(tmp_path, monkeypatch, tiny_llama):
     )
     clusters, pool = _write_inputs(tmp_path)
     cache = CallCache(tmp_path / "calls.sqlite")
-    monkeypatch.setattr("lmmixup.backends.embed.load_embedder", lambda name: ConstantEmbedder())
+    monkeypatch.setattr("lmmixup.backends.embed.load_embedder", lambda *_: ConstantEmbedder())
 
     def run(name: str) -> dict:
         out, rejects = tmp_path / f"{name}.jsonl", tmp_path / f"{name}-rejects.jsonl"
@@ -535,6 +535,53 @@ def test_a_faithful_pair_is_kept_with_its_scores():
     assert record["checks"]["answer_agrees"] is True and "candidates" not in record
 
 
+KALI = "How do I see disabled users in Kali?"
+REDUNDANT_POOL = [
+    {
+        "id": "k1",
+        "prompt": KALI,
+        "completion": "Run sudo cat /etc/shadow in a terminal.",
+        "source": "s",
+    },
+    {
+        "id": "k2",
+        "prompt": KALI,
+        "completion": "Run sudo cat /etc/shadow in a terminal!",
+        "source": "s",
+    },
+]
+COPY_OF_K1 = f"<think>Same reply.</think>\n<answer>\nQ: {KALI}\nA: Run sudo cat /etc/shadow in a terminal.\n</answer>"
+
+
+def test_a_copy_of_one_member_merges_redundant_members():
+    members = {record["id"]: record for record in REDUNDANT_POOL}
+    cluster = {"cluster_id": "k", "source": "s", "member_ids": ["k1", "k2"], "size": 2}
+    (record,) = make_distill_fn(SeededGenerator([COPY_OF_K1]), ConstantEmbedder(), CFG, members)(
+        [cluster]
+    )
+    assert REJECT_KEY not in record
+    assert record["checks"]["copy_overlap"] >= CFG.max_copy_overlap
+    assert record["checks"]["min_member_coverage"] >= CFG.redundant_coverage
+
+
+def test_a_copy_of_one_member_that_drops_another_is_still_a_copy():
+    pool = [
+        *REDUNDANT_POOL[:1],
+        {
+            "id": "k3",
+            "prompt": "Name a Linux log file.",
+            "completion": "/var/log/syslog holds system messages.",
+            "source": "s",
+        },
+    ]
+    members = {record["id"]: record for record in pool}
+    cluster = {"cluster_id": "k", "source": "s", "member_ids": ["k1", "k3"], "size": 2}
+    (record,) = make_distill_fn(SeededGenerator([COPY_OF_K1]), ConstantEmbedder(), CFG, members)(
+        [cluster]
+    )
+    assert record[REJECT_KEY] == "copy"
+
+
 def test_incoherent_clusters_are_rejected_without_a_model_call():
     members = {record["id"]: record for record in POOL}
     generator, embedder = _fixture_generator(), ConstantEmbedder()
@@ -581,7 +628,7 @@ def test_best_of_n_without_a_passing_candidate_rejects_with_the_first_ones_reaso
 def test_every_cluster_ends_as_one_output_or_one_reject(tmp_path, monkeypatch):
     generator = SeededGenerator([RIGHT, WRONG])
     monkeypatch.setattr("lmmixup.backends.load_generator", lambda cfg, cache: generator)
-    monkeypatch.setattr("lmmixup.backends.embed.load_embedder", lambda name: ConstantEmbedder())
+    monkeypatch.setattr("lmmixup.backends.embed.load_embedder", lambda *_: ConstantEmbedder())
     pool = [{**r, "id": f"{r['id']}-{n}"} for n in range(3) for r in MATH_POOL]
     clusters = [
         {**MATH_CLUSTER, "member_ids": ["p1-0", "p2-0"]},

@@ -211,7 +211,7 @@ def test_eval_cli_reports_a_missing_test_file(tmp_path):
 def test_a_spent_judge_request_cap_stops_the_evaluation(tmp_path, monkeypatch):
     from lmmixup.evaluation.distiller import load_judge
 
-    def capped_judge_fn(cfg, cache, stop, run_index):
+    def capped_judge_fn(cfg, cache, stop, run_index, notes=None):
         def judge(batch):
             stop.reason = "request budget spent: max_requests=1 reached"
             return [{**row, "rating": None, "rating_error": "not sent"} for row in batch]

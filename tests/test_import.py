@@ -151,6 +151,43 @@ def test_filters_sample_and_limit(tmp_path):
     assert len(limited) == 4
 
 
+def test_match_keeps_rows_on_a_topic_and_a_source_listed_twice_imports_each_row_once(tmp_path):
+    rows = [{"prompt": f"Explain topic {i}", "completion": "c" * 5} for i in range(30)]
+    rows += [
+        {"prompt": f"Explain quantum computing ({i})", "completion": "q" * 5} for i in range(4)
+    ]
+    path = _write_lines(tmp_path / "r.jsonl", [json.dumps(r).encode() for r in rows])
+    sources = [{"path": str(path), "sample": 10}, {"path": str(path), "match": "(?i)QUANTUM"}]
+    result = import_pool(sources, tmp_path / "pool.jsonl", ImportConfig(seed=1))
+    pool = read_records(tmp_path / "pool.jsonl")
+    ids = [r["id"] for r in pool]
+    quantum = [r for r in pool if "quantum" in r["prompt"]]
+    assert len(ids) == len(set(ids)) and len(quantum) == 4
+    sampled_quantum = 10 + 4 - len(pool)
+    assert result.repeated == sampled_quantum
+    assert result.filtered_by_match == 30 and read_records(result.rejects) == []
+    assert result.counts()["repeated_across_sources"] == sampled_quantum
+
+
+def test_a_bad_match_pattern_is_a_config_error():
+    from pydantic import ValidationError
+
+    from lmmixup.config import SourceSpec
+
+    with pytest.raises(ValidationError, match="not a regular expression"):
+        SourceSpec(path="x.jsonl", match="(unclosed")
+
+
+def test_the_same_id_with_other_content_in_another_file_is_rejected(tmp_path):
+    a = _write_lines(tmp_path / "a.jsonl", [json.dumps({"id": "x", **GOOD}).encode()])
+    other = {"id": "x", "prompt": "Another question here?", "completion": "Another answer."}
+    b = _write_lines(tmp_path / "b.jsonl", [json.dumps(other).encode()])
+    pool, rejects = _import(tmp_path, a, b)
+    assert [r["prompt"] for r in pool] == [GOOD["prompt"]]
+    assert len(rejects) == 1 and rejects[0]["reason"].startswith("duplicate id 'x'")
+    assert rejects[0]["file"].endswith("b.jsonl") and rejects[0]["line"] == 1
+
+
 def test_builtin_gsm8k_source_skips_the_evaluation_rows(tmp_path):
     from lmmixup.evalsuite import gsm8k_reserved_rows, gsm8k_rows
 

@@ -140,6 +140,8 @@ def _rate_command(tmp_path, server):
         "judge",
         "--concurrency",
         "2",
+        "--mode",
+        "generate",  # no probe request: the counts below are exact
     )
 
 

@@ -9,7 +9,8 @@ from lmmixup.backends.hf import HFChatModel, single_token_ids
 from lmmixup.config import RateConfig
 from lmmixup.errors import ConfigError, LmmixupError
 from lmmixup.method.rubric import LOGPROB_ASSISTANT_PREFIX
-from lmmixup.stages.judge import make_logprob_judge, score_distribution, score_reading
+from lmmixup.stages.judge import make_logprob_judge
+from lmmixup.stages.judge_scores import score_distribution, score_reading
 
 DIGITS = [str(d) for d in range(10)]
 BASE_PIECES = ["▁", "{", '"', "overall", '":', *DIGITS]

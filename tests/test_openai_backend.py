@@ -34,6 +34,7 @@ from lmmixup.backends.openai_chat import (
     load,
     read_api_key,
 )
+from lmmixup.backends.openai_replies import vendor_args
 from lmmixup.config import BackendConfig
 from lmmixup.errors import ConfigError, LmmixupError
 from lmmixup.io.cache import CallCache, call_key
@@ -211,8 +212,42 @@ def test_generation_params_reach_the_server(server, model):
         "top_p": 0.9,
         "seed": 3,
     }
-    assert tuned["repetition_penalty"] == 1.05
-    assert "repetition_penalty" not in plain
+    # vLLM reads repetition_penalty, llama.cpp repeat_penalty: both are sent
+    assert tuned["repetition_penalty"] == tuned["repeat_penalty"] == 1.05
+    assert "repetition_penalty" not in plain and "repeat_penalty" not in plain
+
+
+def test_openai_s_own_api_gets_no_field_it_would_refuse():
+    assert vendor_args("http://localhost:8080/v1", 1.05, True) == {
+        "repetition_penalty": 1.05,
+        "repeat_penalty": 1.05,
+        "continue_final_message": True,
+        "add_generation_prompt": False,
+    }
+    assert vendor_args("https://api.openai.com/v1", 1.0, True) == {}
+    with pytest.raises(ConfigError, match="repetition_penalty=1.05: OpenAI's API has no"):
+        vendor_args("https://api.openai.com/v1", 1.05, False)
+
+
+@pytest.mark.parametrize("echo", [True, False], ids=["llama.cpp echoes", "vLLM does not"])
+def test_a_pre_filled_reply_reads_the_same_whether_the_server_echoes_the_prefix(
+    server, model, echo
+):
+    server.script("rate", Reply(text="7}", echo=echo))
+    [reply] = model.generate([user("rate")], GenParams(assistant_prefix='{"overall":'))
+    assert reply.text == '{"overall":7}'
+    [request] = server.requests
+    assert request.body["messages"][-1] == {"role": "assistant", "content": '{"overall":'}
+    assert request.body["continue_final_message"] is True
+
+
+def test_a_prompt_longer_than_the_server_s_context_is_not_retried_and_names_the_fix(server, model):
+    [reply] = model.generate([scenario("context-400")], PARAMS)
+    assert server.count == 1  # retrying cannot help
+    assert "exceeds the available context size" in reply.error
+    assert "-c, which is split across its -np slots" in reply.error
+    assert "distill.max_member_chars" in reply.error
+    assert model.usage["context_overflows"] == model.usage["failures"] == 1
 
 
 # ---------------------------------------------------------------------------- stop string or EOS

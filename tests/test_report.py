@@ -78,11 +78,20 @@ def _steps(path: Path, lines: list[dict]) -> None:
         log.on_log(None, state, None, logs=line)
 
 
+RUN_CONFIG = """\
+rate: {judge: {backend: openai, model: judge-7b}, mode: generate, embedder: bundled:minilm}
+cluster: {embedder: bundled:minilm}
+distill: {generator: {backend: hf, model: runs/distiller/grpo/final}}
+select: {budget: 10}
+"""
+LONG_REASON = "drift: the merged pair " + "wanders away from what its members ask " * 12 + "END"
+
+
 def make_run(run_dir: Path) -> Path:
     """A complete synthetic run: every stage, training logs and an experiment table."""
     pool = _pool()
     (run_dir).mkdir(parents=True)
-    (run_dir / "config.yaml").write_text("select:\n  budget: 10\n")
+    (run_dir / "config.yaml").write_text(RUN_CONFIG)
     import_rejects = [
         {"file": "in.jsonl", "line": 3, "reason": "empty prompt", "raw": {"prompt": ""}},
         {"file": "in.jsonl", "line": 9, "reason": "empty prompt", "raw": {"prompt": " "}},
@@ -125,6 +134,7 @@ def make_run(run_dir: Path) -> Path:
             "member_ids": low_ids[k * 3 : k * 3 + 3],
             "size": len(low_ids[k * 3 : k * 3 + 3]),
             "cohesion": 0.5 + 0.07 * k,
+            "coherent": k != 4,
         }
         for k in range(5)
     ]
@@ -151,7 +161,7 @@ def make_run(run_dir: Path) -> Path:
             "id": "mix-c000003",
             "file": "cluster/clusters.jsonl",
             "line": 4,
-            "reason": "drift",
+            "reason": LONG_REASON,
             "raw": {
                 "cluster_id": "c000003",
                 "prompt": "Off-topic question",
@@ -164,7 +174,7 @@ def make_run(run_dir: Path) -> Path:
         run_dir,
         "distill",
         {"distilled.jsonl": distilled, "rejects.jsonl": distill_rejects},
-        {"distilled": 3, "reject_reasons": {"drift": 1}},
+        {"distilled": 3, "reject_reasons": {LONG_REASON: 1}},
     )
     rerated = [{**d, "rating": _rating(s)} for d, s in zip(distilled, (5, 4, 1), strict=True)]
     _stage(
@@ -235,12 +245,15 @@ def _section(html: str, key: str) -> str:
 
 
 def assert_self_contained(html: str) -> None:
-    """No attribute that loads or links anything outside the page."""
+    """No attribute that loads anything, and links only within the page or to the run's files
+    (relative paths: no scheme, no absolute path, no way above the report's folder)."""
     assert "Content-Security-Policy" in html and "default-src 'none'" in html
     assert not re.search(r"<(?:img|script|link|iframe|object|embed|source)\b[^>]*\bsrc=", html)
     assert not re.search(r"<link\b", html)
     hrefs = re.findall(r"""\bhref\s*=\s*["']?([^"'\s>]*)""", html)
-    assert hrefs and all(h.startswith("#") for h in hrefs), hrefs
+    assert hrefs and all(
+        h.startswith("#") or not re.match(r"^(/|[a-z]+:|\.\./)", h) for h in hrefs
+    ), hrefs
     assert "url(" not in html and "@import" not in html
 
 
@@ -524,3 +537,95 @@ def test_the_chromium_checks_catch_errors_and_blank_pages(tmp_path):
     blank.write_text("<!DOCTYPE html><body style='background:#fff'></body>")
     _chromium(blank, tmp_path / "profile", f"--screenshot={shot}", "--window-size=200,100")
     assert (_pixels(shot.read_bytes()).min(axis=2) < 240).sum() == 0
+
+
+# ------------------------------------------------------- what a person reads first, and folders
+
+
+def test_the_page_names_models_samples_rows_links_files_and_keeps_reasons_whole(full_run, tmp_path):
+    html = build_report(full_run)
+    assert html.index('id="no-warnings"') < html.index("<nav>")  # the warnings panel first
+    assert "No quality warnings to show" in html  # this synthetic run has no summary.json
+    models = _section(html, "models")
+    assert "<td>judge</td><td>openai</td><td>judge-7b</td><td>mode generate</td>" in models
+    assert "<td>distiller</td><td>hf</td><td>runs/distiller/grpo/final</td>" in models
+    assert "bundled:minilm</td><td>for rate, cluster</td>" in models
+    rows = _section(html, "training_rows")
+    assert rows.count('<span class="origin-distilled">distilled</span> <code>') == 2
+    assert rows.count('<span class="origin-original">original</span> <code>') == 4
+    samples = _section(html, "samples")
+    assert "3 members · cohesion 0.780 · <span" in samples
+    assert f'<span class="outcome">rejected: {LONG_REASON}</span>' in samples
+    assert "incoherent (below min_cohesion): not distilled" in samples
+    assert "re-rated score 5, kept, selected</span>" in samples
+    rejects = _section(html, "rejects")
+    assert f"<td>{LONG_REASON}</td>" in rejects  # the table row, whole
+    chart = re.search(r'<svg[^>]*aria-label="distill: rejects by reason".*?</svg>', rejects, re.S)
+    chart_text = re.sub(r"<title>.*?</title>|<[^>]+>", " ", chart.group(0))
+    assert "END" in chart_text and "…" not in chart_text  # the chart's label wraps, not cut
+    files = _section(html, "files")
+    assert '<a href="rate/rated.jsonl">rate/rated.jsonl</a>' in files
+    assert '<a href="experiment/results.json">' in files
+    elsewhere = build_report(full_run, link_base=tmp_path / "reports")
+    assert '<a href="../run/rate/rated.jsonl">rate/rated.jsonl</a>' in elsewhere
+    (full_run / "summary.json").write_text(json.dumps({"warnings": []}))
+    assert "<b>No quality warnings</b> for this run" in build_report(full_run)
+
+
+def make_folder(run_dir: Path, folder: Path) -> Path:
+    """The files the standalone commands would write for the run, in one folder, under the
+    names a user might pick; rate's with the manifest `lmmixup rate -o` writes beside it."""
+    from lmmixup.runtime.runner import run_file_stage
+
+    folder.mkdir()
+    copies = {
+        "pool.jsonl": "import/pool.jsonl",
+        "high.jsonl": "split/high.jsonl",
+        "low-part.jsonl": "split/low.jsonl",
+        "groups.jsonl": "cluster/clusters.jsonl",
+        "merged.jsonl": "distill/distilled.jsonl",
+        "merged.rejects.jsonl": "distill/rejects.jsonl",
+        "final.jsonl": "select/train.jsonl",
+        "final.why.jsonl": "select/train.why.jsonl",
+    }
+    for name, source in copies.items():
+        shutil.copy(run_dir / source, folder / name)
+    judged = folder / "judged.jsonl"
+    config = {"judge": {"backend": "openai", "model": "judge-7b"}, "mode": "generate"}
+
+    def body(stage) -> None:
+        shutil.copy(run_dir / "rate" / "rated.jsonl", judged)
+        stage.counts.update({"rated": 23, "failed": 1})
+
+    run_file_stage(judged, "rate", inputs=[], config=config, body=body)
+    (folder / "notes.jsonl").write_text('{"something": "else"}\n')
+    return folder
+
+
+def test_a_folder_of_stage_outputs_gets_a_report(full_run, tmp_path):
+    folder = make_folder(full_run, tmp_path / "outputs")
+    page = write_report(folder)
+    html = page.read_text()
+    assert_self_contained(html)
+    assert "Folder of stage outputs" in html and "folder of stage outputs" in html
+    stages = _section(html, "stages")
+    for stage in ("import", "rate", "split", "cluster", "distill", "select"):
+        assert f"<td>{stage}</td>" in stages
+    assert "rated 23" in stages  # rate's counts, from its manifest
+    assert "23 rated, 1 failed" in _section(html, "scores")
+    samples = _section(html, "samples")
+    assert "Merged answer of c000000" in samples and LONG_REASON in samples
+    assert "member_similarity" in samples and "not found" not in samples  # from low-part.jsonl
+    assert "<td>judge</td><td>openai</td><td>judge-7b</td>" in _section(html, "models")
+    assert _section(html, "training_rows").count('origin-distilled">distilled</span> <code>') == 2
+    files = _section(html, "files")
+    assert '<a href="judged.jsonl">' in files and '<a href="merged.rejects.jsonl">' in files
+    assert "could not place: notes.jsonl" in files
+
+
+@needs_chromium
+def test_a_folder_report_renders_in_chromium(full_run, tmp_path):
+    page = write_report(make_folder(full_run, tmp_path / "outputs"))
+    dom = _chromium(page, tmp_path / "profile", "--dump-dom")
+    assert _console(dom) == []
+    assert 'data-rendered="yes"' in dom.stdout and 'id="training_rows"' in dom.stdout

@@ -330,7 +330,7 @@ def test_long_tail_embeds_a_record_set_once(monkeypatch):
             return _unit(len(texts), 8, seed=len(texts))
 
     embedder = CountingEmbedder()
-    monkeypatch.setattr(select_stage, "load_embedder", lambda name: embedder)
+    monkeypatch.setattr(select_stage, "load_embedder", lambda *_: embedder)
     cfg = SelectConfig(long_tail_k=3)
     pool = _pool(30, seed=16)
     first = select_stage.long_tail(pool, cfg)

@@ -150,7 +150,11 @@ def test_a_correct_merge_passes_and_carries_its_scores():
         "unsupported_entities",
         "near_copy",
         "coverage",
+        "min_member_coverage",
+        "spliced",
+        "leaked",
     }
+    assert checks["spliced"] is None and checks["leaked"] is None
 
 
 def test_issue_bad_merge_answer_10_where_the_member_says_3():
@@ -254,3 +258,93 @@ def test_low_coverage_when_the_pair_drops_the_members_content():
     result = verify_pair("1. The answer is 36.", "2. The answer is 36.", [pizza, pen], CFG)
     assert result.answer_agrees is True
     assert result.coverage < CFG.min_coverage and "low_coverage" in result.flags
+
+
+# ---------------------------------------------------------------------------- spliced, leaked
+
+PENS = member(
+    "Theo buys 3 pens at $2 each. How much does he spend?",
+    "He spends 3 * 2 = $6 on pens.\n#### 6",
+)
+PIZZA = member(
+    "A pizza has 8 slices and Ann eats 3 of them. How many slices are left?",
+    "There are 8 - 3 = 5 slices left.\n#### 5",
+)
+
+
+def test_a_question_joined_to_another_members_answer_is_spliced():
+    result = verify_pair(PENS["prompt"], PIZZA["completion"], [PENS, PIZZA], CFG)
+    assert result.spliced == (0, 1)
+    assert "spliced" in result.flags
+    assert result.as_dict()["spliced"] == [0, 1]
+
+
+def test_redundant_members_asking_the_same_question_are_not_spliced():
+    other = member(PENS["prompt"], "Each pen costs $2, so 3 pens cost $6.\n#### 6")
+    result = verify_pair(PENS["prompt"], other["completion"], [PENS, other], CFG)
+    assert result.spliced is None
+    assert "spliced" not in result.flags
+
+
+def test_a_merge_of_its_own_words_is_not_spliced():
+    result = verify_pair(
+        "Theo buys 3 pens at $2 each; what does he pay?",
+        "Three pens at $2 cost 3 * 2 = $6.\n#### 6",
+        [PENS, PIZZA],
+        CFG,
+    )
+    assert "spliced" not in result.flags
+
+
+def test_the_think_sentence_of_the_training_targets_leaking_into_the_pair_is_caught():
+    completion = (
+        "He spends 3 * 2 = $6 on pens. Keep what they agree on, fix the errors and restore "
+        "what some of them leave out.\n#### 6"
+    )
+    result = verify_pair(PENS["prompt"], completion, [PENS], CFG)
+    assert "leaked_instruction" in result.flags
+    assert "fix the errors and restore" in result.leaked
+
+
+def test_instruction_words_a_member_has_too_are_not_a_leak():
+    text = "Keep all the essential information of the group and drop repetition."
+    quoting = member("What does the merge prompt say?", text)
+    result = verify_pair(quoting["prompt"], text, [quoting], CFG)
+    assert result.leaked is None
+    assert "leaked_instruction" not in result.flags
+
+
+def test_a_short_shared_phrase_is_not_a_leak():
+    result = verify_pair(
+        PENS["prompt"], "He spends $6, which is clear and correct.\n#### 6", [PENS], CFG
+    )
+    assert result.leaked is None
+
+
+def test_a_completion_ending_on_a_colon_is_unfinished():
+    pricing = member("Make a pricing list that costs $1200.", "Here is a list:\n* Audio: $400")
+    result = verify_pair(
+        pricing["prompt"], "Sure, here is an example pricing list:", [pricing], CFG
+    )
+    assert "unfinished" in result.flags
+
+
+def test_min_member_coverage_is_the_least_kept_member():
+    copied = verify_pair(PENS["prompt"], PENS["completion"], [PENS, PIZZA], CFG)
+    assert copied.min_member_coverage < 0.5 < copied.coverage
+    alone = verify_pair(PENS["prompt"], PENS["completion"], [PENS], CFG)
+    assert alone.min_member_coverage == 1.0
+
+
+def test_a_merge_that_leaves_a_member_out_is_dropped_member():
+    result = verify_pair(
+        PENS["prompt"], "Three pens at $2 each cost 3 * 2 = $6.\n#### 6", [PENS, PIZZA], CFG
+    )
+    assert "dropped_member" in result.flags
+    both = verify_pair(
+        "Theo buys 3 pens at $2 each, and Ann eats 3 of a pizza's 8 slices. What is left?",
+        "Theo spends 3 * 2 = $6 on pens; 8 - 3 = 5 pizza slices are left.\n#### 6",
+        [PENS, PIZZA],
+        CFG,
+    )
+    assert "dropped_member" not in both.flags

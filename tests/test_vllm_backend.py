@@ -11,14 +11,16 @@ import pytest
 from lmmixup.backends import load_generator
 from lmmixup.backends.base import GenParams
 from lmmixup.config import BackendConfig
+from lmmixup.config.base import VLLM_BATCH
 from lmmixup.errors import LmmixupError
 
 
 class FakeLLM:
     """Records what it is asked; replies with scripted completions."""
 
-    def __init__(self, model, dtype, tokenizer):
+    def __init__(self, model, dtype, tokenizer, options):
         self.model, self.dtype, self.tokenizer = model, dtype, tokenizer
+        self.options = options  # tensor_parallel_size, gpu_memory_utilization, max_model_len
         self.requests = []
 
     def get_tokenizer(self):
@@ -52,8 +54,8 @@ def fake_vllm(monkeypatch, tiny_llama):
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
     created = []
 
-    def make_llm(model, dtype):
-        created.append(FakeLLM(model, dtype, tokenizer))
+    def make_llm(model, dtype, **options):
+        created.append(FakeLLM(model, dtype, tokenizer, options))
         return created[-1]
 
     module = SimpleNamespace(LLM=make_llm, SamplingParams=lambda **kw: kw)
@@ -90,6 +92,23 @@ def test_vllm_adapter_maps_prompts_params_and_replies(fake_vllm, tiny_llama):
     assert second.finish_reason == "length" and second.completion_tokens == 8
     # vLLM's stop_reason None (EOS) or a token id (another EOS token): the model ended it
     assert [(g.finish_reason, g.stop_string) for g in (third, fourth)] == [("eos", None)] * 2
+
+
+def test_vllm_gets_the_gpu_settings_and_whole_stage_batches(fake_vllm, tiny_llama):
+    from lmmixup.config import RateConfig
+    from lmmixup.stages.judge import JudgeStage
+
+    settings = {"tensor_parallel_size": 2, "gpu_memory_utilization": 0.5, "max_model_len": 4096}
+    cfg = BackendConfig(backend="vllm", model=str(tiny_llama), **settings)
+    model = load_generator(cfg)
+    assert fake_vllm[0].options == settings
+    messages = [[{"role": "user", "content": str(i)}] for i in range(3)]
+    model.generate(messages, GenParams(max_new_tokens=4))
+    assert len(fake_vllm[0].requests[0][0]) == 3  # one vLLM call for the whole batch
+    # a stage hands vLLM batches of 1024 unless batch_size is set; hf keeps its 16
+    assert JudgeStage(RateConfig(judge=cfg)).batch_size == VLLM_BATCH == 1024
+    assert BackendConfig(backend="vllm", batch_size=64).batch_size == 64
+    assert BackendConfig(backend="hf").batch_size == 16
 
 
 def test_vllm_backend_without_the_package_says_what_to_do(monkeypatch):

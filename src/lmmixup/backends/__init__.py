@@ -13,7 +13,7 @@ from lmmixup.io.cache import CallCache
 def _load_hf(cfg: BackendConfig) -> Generator:
     from lmmixup.backends.hf import HFChatModel
 
-    return HFChatModel(cfg.model, dtype=cfg.dtype, batch_size=cfg.batch_size)
+    return HFChatModel(cfg.model, dtype=cfg.dtype, batch_size=cfg.batch_size, device=cfg.device)
 
 
 def _load_openai(cfg: BackendConfig) -> Generator:
@@ -25,7 +25,13 @@ def _load_openai(cfg: BackendConfig) -> Generator:
 def _load_vllm(cfg: BackendConfig) -> Generator:
     from lmmixup.backends.vllm_local import VLLMChatModel
 
-    return VLLMChatModel(cfg.model, dtype=cfg.dtype)
+    return VLLMChatModel(
+        cfg.model,
+        dtype=cfg.dtype,
+        tensor_parallel_size=cfg.tensor_parallel_size,
+        gpu_memory_utilization=cfg.gpu_memory_utilization,
+        max_model_len=cfg.max_model_len,
+    )
 
 
 LOADERS: dict[str, Callable[[BackendConfig], Generator]] = {

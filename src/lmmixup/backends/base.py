@@ -56,6 +56,13 @@ class Generation:
         return self.error is None
 
 
+def usage_of(generator: object) -> dict | None:
+    """A server backend's usage counts (requests, failures, tokens), through a call cache
+    around it; None for backends that keep none."""
+    usage = getattr(getattr(generator, "inner", generator), "usage", None)
+    return dict(usage) if usage else None
+
+
 def cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, str | None]:
     """The text before the first stop string in it, and that stop string (None: none is in it)."""
     found = [(index, stop) for stop in stops if stop and (index := text.find(stop)) >= 0]
@@ -97,6 +104,8 @@ class CachedGenerator:
 
     Paid backends (those with a `concurrency`) are called in chunks of that size and each
     chunk is cached as soon as it returns, so a crash loses at most the calls in flight.
+    Stages that wait on a server call it for one record at a time from many threads (the
+    executor streams them), so there no chunk ever waits for another.
 
     Replies cached before `Generation.stop_string` existed said "stop" for a stop string and
     for end-of-sequence alike. Such a reply to a call without stop strings can only have
@@ -110,6 +119,11 @@ class CachedGenerator:
         self.name = inner.name
         self.fingerprint = inner.fingerprint
         self.chunk_size = getattr(inner, "concurrency", None)
+
+    def close(self) -> None:
+        """Close the model behind the cache, when it has anything to close."""
+        if hasattr(self.inner, "close"):
+            self.inner.close()
 
     def generate(self, prompts: list[Messages], params: GenParams) -> list[Generation]:
         param_dict = asdict(params)

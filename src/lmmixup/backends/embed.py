@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
+from contextlib import nullcontext
 from functools import lru_cache
 
 import numpy as np
 
+from lmmixup.backends.device import resolve_device
 from lmmixup.io.assets import resolve_model
 from lmmixup.progress import progress
+
+CPU_BATCH, GPU_BATCH = 64, 512
 
 
 class SentenceEmbedder:
@@ -17,22 +22,34 @@ class SentenceEmbedder:
     Implements the :class:`lmmixup.types.Embedder` protocol.
 
     Small calls remember their texts (the last `memory` of them), so rewards that embed the
-    same completions one after another (quality, then alignment) pay once.
+    same completions one after another (quality, then alignment) pay once. `device`: auto
+    (CUDA when present, else MPS, else CPU), cpu, cuda or mps.
     """
 
-    def __init__(self, name: str, device: str | None = None, memory: int = 4096):
+    def __init__(self, name: str, device: str = "auto", memory: int = 4096):
         from sentence_transformers import SentenceTransformer
 
         self.name = name
-        self.model = SentenceTransformer(resolve_model(name), device=device or "cpu")
+        self.device = resolve_device(device)
+        self.model = SentenceTransformer(resolve_model(name), device=self.device)
         self.dim = self.model.get_embedding_dimension()
+        self.batch_size = GPU_BATCH if self.device != "cpu" else CPU_BATCH
         self._memory: OrderedDict[str, np.ndarray] = OrderedDict()
         self._memory_size = memory
+        self._lock = threading.Lock()
 
     def encode(
-        self, texts: list[str], batch_size: int = 64, description: str | None = None
+        self, texts: list[str], batch_size: int | None = None, description: str | None = None
     ) -> np.ndarray:
-        """Embed texts; small calls reuse remembered vectors, bulk calls embed everything."""
+        """Embed texts; small calls reuse remembered vectors, bulk calls embed everything.
+        `batch_size` defaults to the device's (larger on a GPU). Thread-safe: calls from
+        several threads take turns (the tokenizer and the memory are shared)."""
+        with self._lock:
+            return self._encode_remembered(texts, batch_size or self.batch_size, description)
+
+    def _encode_remembered(
+        self, texts: list[str], batch_size: int, description: str | None
+    ) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         if len(texts) > self._memory_size // 2:
@@ -49,10 +66,15 @@ class SentenceEmbedder:
         return out
 
     def _encode(self, texts: list[str], batch_size: int, description: str | None) -> np.ndarray:
-        """Embed texts in chunks under a progress bar."""
+        """Embed texts in chunks, under a progress bar when there are several chunks."""
         chunks = []
         step = max(batch_size * 8, 256)
-        with progress(description or f"embed ({self.name})", len(texts), unit="text") as advance:
+        bar = (
+            progress(description or f"embed ({self.name})", len(texts), unit="text")
+            if len(texts) > step
+            else nullcontext(lambda amount=1: None)
+        )
+        with bar as advance:
             for start in range(0, len(texts), step):
                 part = texts[start : start + step]
                 chunks.append(
@@ -69,9 +91,9 @@ class SentenceEmbedder:
 
 
 @lru_cache(maxsize=4)
-def load_embedder(name: str) -> SentenceEmbedder:
-    """One embedder per model name per process (loading takes seconds)."""
-    return SentenceEmbedder(name)
+def load_embedder(name: str, device: str = "auto") -> SentenceEmbedder:
+    """One embedder per model name and device per process (loading takes seconds)."""
+    return SentenceEmbedder(name, device)
 
 
 def record_text(record: dict) -> str:

@@ -5,18 +5,24 @@ from __future__ import annotations
 import numpy as np
 
 from lmmixup.backends.base import Generation, GenParams, Messages, cut_at_stop
+from lmmixup.backends.device import resolve_device
 from lmmixup.errors import LmmixupError
 from lmmixup.io.assets import model_fingerprint, resolve_model
 
 
-def pick_dtype(name: str):
-    """`auto` -> bfloat16 where the hardware runs it natively (CUDA with bf16, AVX512-BF16/AMX CPUs)."""
+def pick_dtype(name: str, device: str | None = None):
+    """`auto` -> bfloat16 where the hardware runs it natively (CUDA with bf16, AVX512-BF16/AMX
+    CPUs), float16 on a GPU without bf16, else float32. `device`: where the model will run
+    (None: where `auto` would put it)."""
     import torch
 
     if name != "auto":
         return getattr(torch, name)
-    if torch.cuda.is_available():
+    device = device or resolve_device("auto")
+    if device.startswith("cuda"):
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device == "mps":
+        return torch.float16
     return (
         torch.bfloat16
         if torch.backends.mkldnn.is_available() and _cpu_has_bf16()
@@ -36,10 +42,7 @@ def _cpu_has_bf16() -> bool:
 class HFChatModel:
     """A causal LM with a chat template, loaded once; generation batches are sorted by length."""
 
-    def __init__(
-        self, model: str, dtype: str = "auto", batch_size: int = 16, device: str | None = None
-    ):
-        import torch
+    def __init__(self, model: str, dtype: str = "auto", batch_size: int = 16, device: str = "auto"):
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
@@ -47,8 +50,8 @@ class HFChatModel:
         self.name = model
         path = resolve_model(model)
         self.fingerprint = model_fingerprint(path) + f"|{dtype}"
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.dtype = pick_dtype(dtype)
+        self.device = resolve_device(device)
+        self.dtype = pick_dtype(dtype, self.device)
         self.batch_size = batch_size
         self.tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
         if self.tokenizer.pad_token is None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import random
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +24,13 @@ from lmmixup.backends.base import (
     RequestBudgetExhausted,
     cut_at_stop,
 )
+from lmmixup.backends.openai_replies import (
+    CONTEXT_FIX,
+    context_overflow,
+    next_token_reading,
+    vendor_args,
+)
+from lmmixup.backends.sharing import shared_limits
 from lmmixup.config import BackendConfig
 from lmmixup.errors import ConfigError, LmmixupError
 
@@ -38,6 +45,8 @@ which the server is taken as unreachable and the call stops."""
 CONNECT_TIMEOUT_S = 5.0
 """At most this long to open a connection (the request timeout covers the reply)."""
 _CONNECT_ERRORS = frozenset({"ConnectError", "ConnectTimeout"})
+_USAGE_KEYS = ("requests", "retries", "failures", "context_overflows")
+_USAGE_KEYS += ("prompt_tokens", "completion_tokens")
 
 
 def read_api_key(env_name: str = "OPENAI_API_KEY", key_file: str | None = None) -> str:
@@ -84,6 +93,7 @@ class _Failure:
     reason: str
     retry_after_s: float | None = None
     unreachable: bool = False
+    context_overflow: bool = False
 
 
 class _OutOfBudget(Exception):
@@ -145,6 +155,8 @@ def _classify(error: openai.APIError, timeout_s: float, connect_timeout_s: float
         status = error.status_code
         message = _status_message(error)
         reason = f"HTTP {status}: {message}" if message else f"HTTP {status}"
+        if context_overflow(status, error.body):
+            return _Failure(False, reason, context_overflow=True)
         retryable = status in _RETRYABLE_STATUS or status >= 500
         return _Failure(retryable, reason, _retry_after_seconds(error))
     return _Failure(False, f"{type(error).__name__}: {error}")
@@ -154,7 +166,9 @@ class OpenAIChatModel:
     """A chat model behind an OpenAI-compatible `/chat/completions` endpoint.
 
     `generate` sends up to `concurrency` requests at once and returns one Generation per
-    prompt, in input order. Timeouts, connection errors, HTTP 408, 429 and 5xx are retried up
+    prompt, in input order. The requests run in one thread pool the model keeps until
+    `close()`; calls from several threads (a stage streaming one record per call) share its
+    `concurrency` slots. Timeouts, connection errors, HTTP 408, 429 and 5xx are retried up
     to `max_retries` times with exponential backoff and jitter (a numeric Retry-After header,
     capped at `retry_after_cap_s`, is waited instead); other errors are not. An item that
     still fails becomes `Generation(text="", finish_reason="error", error=reason)`: the batch
@@ -210,22 +224,27 @@ class OpenAIChatModel:
         self.base_url = str(self._client.base_url).rstrip("/")
         self.connect_timeout_s = min(timeout_s, CONNECT_TIMEOUT_S)
         self.fingerprint = f"openai:{self.base_url}:{model}"
-        self.concurrency = concurrency
+        shared = shared_limits()  # set by an executor whose workers share this model
+        self.concurrency = shared.concurrency(concurrency) if shared else concurrency
         self.max_retries = max_retries
         self.timeout_s = timeout_s
         self.backoff_base_s = backoff_base_s
         self.backoff_max_s = backoff_max_s
         self.retry_after_cap_s = retry_after_cap_s
-        self.usage = dict.fromkeys(
-            ("requests", "retries", "failures", "prompt_tokens", "completion_tokens"), 0
+        self.usage = dict.fromkeys(_USAGE_KEYS, 0)
+        self._budget = (
+            shared.budget(max_requests, self.fingerprint)
+            if shared and max_requests is not None
+            else _Budget(max_requests)
         )
-        self._budget = _Budget(max_requests)
         self._usage_lock = threading.Lock()
         self._jitter = random.Random()
         self._connect_failures = 0
         self._unreachable_reason = ""
         self._given_up = threading.Event()
         self._names_stop = False  # the server names the stop that ended a reply (`stop_reason`)
+        self._pool: ThreadPoolExecutor | None = None  # started by the first call
+        self._pool_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"OpenAIChatModel(model={self.name!r}, base_url={self.base_url!r})"
@@ -237,35 +256,53 @@ class OpenAIChatModel:
         self.close()
 
     def close(self) -> None:
-        """Close the HTTP connections."""
+        """Stop the request threads (requests in flight finish) and close the connections."""
+        with self._pool_lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
         self._client.close()
 
-    def generate(self, prompts: list[Messages], params: GenParams) -> list[Generation]:
-        """Reply to each message list, in input order (see the class docstring for failures)."""
+    def _in_pool(self, fn, items: list) -> list:
+        """`fn` of each item, in input order, run in the model's one thread pool of
+        `concurrency` threads: calls from several threads at once share its slots, so no more
+        than `concurrency` requests are ever in flight. On an error or an interrupt, this
+        call's items not yet started are dropped and those in flight finish."""
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="openai-chat")
+            futures: list[Future] = [self._pool.submit(fn, item) for item in items]
+        try:
+            return [future.result() for future in futures]
+        finally:
+            for future in futures:
+                future.cancel()
+            wait(futures)
+
+    def generate(
+        self, prompts: list[Messages], params: GenParams, *, top_logprobs: int = 0
+    ) -> list[Generation]:
+        """Reply to each message list, in input order (see the class docstring for failures).
+        With `top_logprobs`, each reply's `meta["logprobs"]` holds the server's `logprobs`
+        (that many alternatives per token), or None when it sent none."""
         if not prompts:
             return []
-        request = self._request_args(params)
+        request = self._request_args(params, top_logprobs)
         prefix = params.assistant_prefix
         if prefix:
             prompts = [
                 [*messages, {"role": "assistant", "content": prefix}] for messages in prompts
             ]
-        workers = min(self.concurrency, len(prompts))
-        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="openai-chat")
-        try:
-            results = list(
-                pool.map(lambda messages: self._complete(messages, request, params.stop), prompts)
-            )
-        finally:
-            # on an interrupt, items not yet started are dropped; those in flight finish
-            pool.shutdown(wait=True, cancel_futures=True)
+        results = self._in_pool(
+            lambda messages: self._complete(messages, request, params.stop), prompts
+        )
         if prefix:
             results = [_prefixed(result, prefix) for result in results]
         if any(result is None for result in results):
             raise RequestBudgetExhausted(results, self._budget.limit)
         return results  # type: ignore[return-value]
 
-    def _request_args(self, params: GenParams) -> dict:
+    def _request_args(self, params: GenParams, top_logprobs: int = 0) -> dict:
         """The chat-completions arguments for these decoding settings (stop strings apart)."""
         args: dict = {
             "model": self.name,
@@ -274,15 +311,29 @@ class OpenAIChatModel:
             "top_p": params.top_p,
             "seed": params.seed,
         }
-        extra: dict = {}
-        if params.repetition_penalty != 1.0:
-            extra["repetition_penalty"] = params.repetition_penalty
-        if params.assistant_prefix:
-            # vLLM's way to continue a pre-filled assistant turn; other servers may ignore it.
-            extra |= {"continue_final_message": True, "add_generation_prompt": False}
+        extra = vendor_args(self.base_url, params.repetition_penalty, bool(params.assistant_prefix))
         if extra:
             args["extra_body"] = extra
+        if top_logprobs:
+            args |= {"logprobs": True, "top_logprobs": top_logprobs}
         return args
+
+    def next_token_top_logprobs(
+        self, prompts: list[Messages], prefix: str, top_k: int = 20
+    ) -> list[dict[str, float] | str]:
+        """For each message list, with the assistant turn pre-filled with `prefix`: log P of
+        the `top_k` likeliest next tokens (token text -> logprob, as the server lists them),
+        or why there are none (a failed request, a reply without logprobs). One greedy
+        request of one token each, under the same retries, request cap (RequestBudgetExhausted,
+        whose `.results` holds these readings and None) and unreachable check as `generate`.
+        """
+        params = GenParams(max_new_tokens=1, temperature=0.0, assistant_prefix=prefix)
+        try:
+            replies: list = self.generate(prompts, params, top_logprobs=top_k)
+        except RequestBudgetExhausted as exc:
+            readings = [next_token_reading(reply, prefix) for reply in exc.results]
+            raise RequestBudgetExhausted(readings, exc.limit) from None  # type: ignore[arg-type]
+        return [next_token_reading(reply, prefix) for reply in replies]
 
     def _complete(
         self, messages: Messages, request: dict, stops: tuple[str, ...]
@@ -304,8 +355,9 @@ class OpenAIChatModel:
             self._note_connection(failure)
             self._raise_if_unreachable()
             if not failure.retryable or attempt >= self.max_retries:
-                self._count(failures=1)
-                return Generation("", "error", error=self._redact(failure.reason))
+                self._count(failures=1, context_overflows=int(failure.context_overflow))
+                fix = f" -- {CONTEXT_FIX}" if failure.context_overflow else ""
+                return Generation("", "error", error=self._redact(failure.reason) + fix)
             self._given_up.wait(self._delay(attempt, failure.retry_after_s))
             attempt += 1
             self._count(retries=1)
@@ -356,7 +408,7 @@ class OpenAIChatModel:
                     completion_tokens=completion_tokens,
                     prompt_tokens=prompt_tokens,
                     stop_string=stop_string,
-                    meta={"attempts": attempt + 1},
+                    meta={"attempts": attempt + 1, "logprobs": choice.logprobs},
                 )
 
     def _delay(self, attempt: int, retry_after_s: float | None) -> float:

@@ -19,9 +19,23 @@ INSTALL_HINT = (
 
 
 class VLLMChatModel:
-    """A model loaded into vLLM once; every `generate` call is one batched vLLM request."""
+    """A model loaded into vLLM once; every `generate` call is one batched vLLM request: the
+    stage's whole batch (`batch_size`, 1024 prompts by default for this backend), which vLLM
+    schedules over its KV cache itself.
 
-    def __init__(self, model: str, dtype: str = "auto"):
+    `tensor_parallel_size`, `gpu_memory_utilization` and `max_model_len` go to `vllm.LLM`
+    as they are (None: vLLM's default, the model's own context length).
+    """
+
+    def __init__(
+        self,
+        model: str,
+        dtype: str = "auto",
+        *,
+        tensor_parallel_size: int = 1,
+        gpu_memory_utilization: float = 0.9,
+        max_model_len: int | None = None,
+    ):
         try:
             import vllm
         except ImportError:
@@ -30,7 +44,13 @@ class VLLMChatModel:
         self.name = model
         path = resolve_model(model)
         self.fingerprint = model_fingerprint(path) + f"|vllm|{dtype}"
-        self.llm = vllm.LLM(model=path, dtype=dtype)
+        self.llm = vllm.LLM(
+            model=path,
+            dtype=dtype,
+            tensor_parallel_size=tensor_parallel_size,
+            gpu_memory_utilization=gpu_memory_utilization,
+            max_model_len=max_model_len,
+        )
         self.tokenizer = self.llm.get_tokenizer()
 
     def render(self, messages: Messages, assistant_prefix: str = "") -> str:

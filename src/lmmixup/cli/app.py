@@ -17,8 +17,10 @@ from lmmixup.cli.commands.config import config_app
 from lmmixup.cli.commands.data import data_app
 from lmmixup.cli.commands.evaluate import eval_app
 from lmmixup.cli.commands.experiment import experiment_app
+from lmmixup.cli.commands.export import export_app
 from lmmixup.cli.commands.finetune import finetune_app
 from lmmixup.cli.commands.mixture import mixture_app
+from lmmixup.cli.commands.plan import plan_app
 from lmmixup.cli.commands.report import report_app
 from lmmixup.cli.commands.rewards import rewards_app
 from lmmixup.cli.commands.run import run_app
@@ -33,7 +35,15 @@ app = typer.Typer(
     rich_markup_mode="markdown",
 )
 # top-level commands, in the order `lmmixup --help` lists them, then the command groups
-for commands in (finetune_app, experiment_app, report_app, stages_app, run_app):
+for commands in (
+    finetune_app,
+    experiment_app,
+    report_app,
+    export_app,
+    stages_app,
+    plan_app,
+    run_app,
+):
     app.registered_commands += commands.registered_commands
 for group_name, group in (
     ("data", data_app),
@@ -60,8 +70,26 @@ QUIET_LOGGERS = (
 _state = {"verbose": False}
 
 
+def _show_version(value: bool) -> None:
+    """--version: the installed package's version (importlib.metadata), then exit."""
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"lmmixup {version('lmmixup')}")
+        raise typer.Exit()
+
+
 @app.callback()
 def main_options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_show_version,
+            is_eager=True,
+            help="Show the installed version and exit.",
+        ),
+    ] = False,
     verbose: Annotated[
         bool, typer.Option("--verbose", "-v", help="Debug logging and full tracebacks.")
     ] = False,
@@ -102,7 +130,10 @@ def main() -> None:
     from lmmixup.errors import LmmixupError
 
     try:
-        code = app(standalone_mode=False)  # returns an exit code instead of exiting
+        from lmmixup.cli.options import renamed_flags
+
+        args = renamed_flags(sys.argv[1:])
+        code = app(args=args, standalone_mode=False)  # returns an exit code instead of exiting
     except LmmixupError as exc:
         _exit(f"error: {exc}", 2)
     except KeyboardInterrupt:

@@ -18,6 +18,7 @@ from lmmixup.config.base import (
     to_yaml,
     validate,
 )
+from lmmixup.config.executor import ExecutorConfig
 from lmmixup.config.sections import (
     BackendConfig,
     ClusterConfig,
@@ -38,6 +39,7 @@ __all__ = [
     "DEFAULT_EMBEDDER",
     "DEFAULT_LM",
     "DistillConfig",
+    "ExecutorConfig",
     "ImportConfig",
     "OPERATIONAL",
     "RateConfig",

@@ -4,11 +4,13 @@ what a stage's fingerprint is built from. The sections themselves are in `config
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Field,
     ValidationError,
 )
 
@@ -21,6 +23,18 @@ OPERATIONAL = {"operational": True}
 # Keys added after run dirs were recorded: left out of a stage's fingerprint while at their
 # default, so an existing run dir is not refused; any other value is recorded (and redoes).
 ADDED_LATER = {"omit_default": True}
+
+# Where models run (embedders, hf backends), and the batch a vllm backend gets per call.
+DeviceName = Literal["auto", "cpu", "cuda", "mps"]
+DEVICE_HELP = (
+    "auto = a CUDA GPU when torch sees one, else Apple MPS, else the CPU; or cpu, cuda, mps."
+)
+EMBED_DEVICE = Field(
+    "auto",
+    description=f"Where the sentence embedder runs: {DEVICE_HELP}",
+    json_schema_extra=OPERATIONAL,
+)
+VLLM_BATCH = 1024
 
 
 class Section(BaseModel):

@@ -6,11 +6,23 @@ config documents itself. Unknown keys are errors that name the key.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from lmmixup.config.base import ADDED_LATER, DEFAULT_EMBEDDER, DEFAULT_LM, OPERATIONAL, Section
+from lmmixup.config.base import (
+    ADDED_LATER,
+    DEFAULT_EMBEDDER,
+    DEFAULT_LM,
+    DEVICE_HELP,
+    EMBED_DEVICE,
+    OPERATIONAL,
+    VLLM_BATCH,
+    DeviceName,
+    Section,
+)
+from lmmixup.config.executor import ExecutorConfig
 from lmmixup.errors import ConfigError
 
 
@@ -23,6 +35,21 @@ class SourceSpec(Section):
         ge=1,
         description="Keep a seeded random sample of this many rows from this source (after filtering).",
     )
+    match: str | None = Field(
+        None,
+        description="Filter: keep only rows whose prompt matches this regular expression (Python re.search; `(?i)` for any case). The same source may be listed twice, e.g. a sample plus the rows on one topic; a row both keep is imported once.",
+        json_schema_extra=ADDED_LATER,
+    )
+
+    @field_validator("match")
+    @classmethod
+    def _valid_pattern(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"not a regular expression ({exc})") from None
+        return value
 
     @model_validator(mode="before")
     @classmethod
@@ -72,6 +99,11 @@ class ImportConfig(Section):
         None, ge=1, description="At most this many held-out rows (null = no cap)."
     )
     seed: int = Field(0, description="Seed for sampling and the hold-out split.")
+    streaming: bool = Field(
+        False,
+        description="Read Hub datasets as they download instead of downloading them whole (also on whenever `limit` is set).",
+        json_schema_extra=OPERATIONAL,
+    )
 
 
 class BackendConfig(Section):
@@ -120,16 +152,48 @@ class BackendConfig(Section):
         description="openai backend: per-request timeout in seconds.",
         json_schema_extra=OPERATIONAL,
     )
-    dtype: Literal["auto", "bfloat16", "float32"] = Field(
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
         "auto",
-        description="hf backend: weights dtype; auto = bfloat16 where the CPU/GPU supports it.",
+        description="hf/vllm backend: weights dtype; auto = bfloat16 where the CPU/GPU supports it (float16 on a GPU without bf16).",
+    )
+    device: DeviceName = Field(
+        "auto",
+        description=f"hf backend: where the model runs: {DEVICE_HELP}",
+        json_schema_extra=OPERATIONAL,
+    )
+    tensor_parallel_size: int = Field(
+        1,
+        ge=1,
+        description="vllm backend: GPUs the model is split across.",
+        json_schema_extra=OPERATIONAL,
+    )
+    gpu_memory_utilization: float = Field(
+        0.9,
+        gt=0,
+        le=1,
+        description="vllm backend: share of each GPU's memory vLLM may take (weights and KV cache).",
+        json_schema_extra=OPERATIONAL,
+    )
+    max_model_len: int | None = Field(
+        None,
+        ge=16,
+        description="vllm backend: context length (prompt + reply) in tokens; null = the model's own. Lower it when the KV cache does not fit.",
+        json_schema_extra=OPERATIONAL,
     )
     batch_size: int = Field(
         16,
         ge=1,
-        description="hf backend: prompts per forward/generate call.",
+        description=f"hf backend: prompts per forward/generate call; vllm backend: prompts per vLLM call (the stage's batch, written when it returns; {VLLM_BATCH} when not set).",
         json_schema_extra=OPERATIONAL,
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _vllm_takes_whole_batches(cls, data: Any) -> Any:
+        """vLLM schedules its own batches: hand it a whole stage batch unless told otherwise."""
+        if isinstance(data, dict) and data.get("backend") == "vllm" and "batch_size" not in data:
+            return {**data, "batch_size": VLLM_BATCH}
+        return data
 
 
 class RateConfig(Section):
@@ -137,7 +201,7 @@ class RateConfig(Section):
     mode: Literal["auto", "logprob", "generate"] = Field(
         "auto",
         validate_default=True,
-        description="logprob (hf judges only) reads the probability of each score 1..10 in one forward pass; generate lets the model write the JSON; auto = logprob for an hf judge, generate for a server. Recorded as resolved.",
+        description="logprob reads the probability of each score 1..10 (hf judge: one forward pass; openai backend: the server's top logprobs); generate lets the model write the JSON; auto = logprob for an hf judge, for an openai server that gives logprobs (one probe request at the start), else generate. The mode used is recorded in the manifest.",
     )
     max_new_tokens: int = Field(96, ge=8, description="generate mode: tokens the judge may write.")
     attempts: int = Field(
@@ -164,6 +228,7 @@ class RateConfig(Section):
         description="Flag ratings that disagree with their embedding neighbourhood (DS2-style) and report the noise estimate.",
     )
     embedder: str = Field(DEFAULT_EMBEDDER, description="Sentence embedder for kNN scoring.")
+    embed_device: DeviceName = EMBED_DEVICE
     k: int = Field(16, ge=1, description="kNN-Bayes: neighbours used to score a sample.")
     search: Literal["auto", "exact", "ivf"] = Field(
         "auto",
@@ -182,7 +247,8 @@ class RateConfig(Section):
     @field_validator("mode")
     @classmethod
     def _mode_for_backend(cls, mode: str, info: ValidationInfo) -> str:
-        """Resolve `auto` for the judge's backend; refuse logprob without an hf judge.
+        """Resolve `auto` for hf (logprob) and vllm (generate) judges; an openai judge's
+        `auto` is resolved when the stage starts, by asking the server. Refuse logprob for vllm.
 
         Raises ConfigError itself (pydantic passes it through), so that code building a
         RateConfig directly gets the same one-line error as a config file.
@@ -190,12 +256,12 @@ class RateConfig(Section):
         judge = info.data.get("judge")
         if judge is None:  # the judge section is invalid: pydantic reports that
             return mode
-        if mode == "auto":
+        if mode == "auto" and judge.backend != "openai":
             return "logprob" if judge.backend == "hf" else "generate"
-        if mode == "logprob" and judge.backend != "hf":
+        if mode == "logprob" and judge.backend not in ("hf", "openai"):
             raise ConfigError(
-                f"rate.mode=logprob reads token probabilities, which only judge.backend=hf gives "
-                f"(got {judge.backend}); leave the mode out or use --mode generate"
+                f"rate.mode=logprob reads token probabilities, which judge.backend=hf and "
+                f"openai give (got {judge.backend}); leave the mode out or use --mode generate"
             )
         return mode
 
@@ -229,6 +295,7 @@ class ClusterConfig(Section):
     embedder: str = Field(
         DEFAULT_EMBEDDER, description="Sentence embedder for prompt + completion."
     )
+    embed_device: DeviceName = EMBED_DEVICE
     min_cohesion: float = Field(
         0.95,
         ge=0,
@@ -291,6 +358,7 @@ class DistillConfig(Section):
     embedder: str = Field(
         DEFAULT_EMBEDDER, description="Sentence embedder for the faithfulness (drift) check."
     )
+    embed_device: DeviceName = EMBED_DEVICE
     max_copy_overlap: float = Field(
         0.9,
         gt=0,
@@ -302,6 +370,19 @@ class DistillConfig(Section):
         gt=0,
         le=1,
         description="Verifier near_copy: drop a pair that repeats one member (runs of 4+ words) for this share of its words and then ends with words no member has.",
+    )
+    splice_similarity: float = Field(
+        0.8,
+        gt=0,
+        le=1,
+        description="Verifier spliced: drop a pair whose prompt is one member's and completion another's (word-level similarity at least this each) when those members ask different things.",
+        json_schema_extra=ADDED_LATER,
+    )
+    leak_min_words: int = Field(
+        6,
+        ge=3,
+        description="Verifier leaked_instruction: drop a pair that repeats this many words in a row of the distiller's own instructions (the merge prompt, the training targets' think sentence) that no member has.",
+        json_schema_extra=ADDED_LATER,
     )
     free_number_max: float = Field(
         10,
@@ -323,6 +404,20 @@ class DistillConfig(Section):
         ge=0,
         le=1,
         description="Verifier low_coverage: the pair must keep at least this mean share of each member's key terms (content words, numbers).",
+    )
+    min_member_coverage: float = Field(
+        0.15,
+        ge=0,
+        le=1,
+        description="Verifier dropped_member: the pair must keep at least this share of every member's key terms; less means the merge left a member out (2 of the 699 bundled MIXTURE target merges fall below 0.15).",
+        json_schema_extra=ADDED_LATER,
+    )
+    redundant_coverage: float = Field(
+        0.9,
+        gt=0,
+        le=1,
+        description="A pair keeping at least this share of every member's key terms merges redundant samples: a copy of one member is then the merge, not a `copy` fault.",
+        json_schema_extra=ADDED_LATER,
     )
     candidates: int = Field(
         1,
@@ -359,6 +454,7 @@ class SelectConfig(Section):
     embedder: str = Field(
         DEFAULT_EMBEDDER, description="Sentence embedder for the long-tail score."
     )
+    embed_device: DeviceName = EMBED_DEVICE
     per_task: bool = Field(
         False,
         description="Fill each side (distilled, original) per task_type, in proportion to the candidates' task-type shares (both sides together), each task's best first; a task short of rows gives its places to the others.",
@@ -387,4 +483,8 @@ class RunConfig(Section):
     )
     select: SelectConfig = Field(
         default_factory=SelectConfig, description="Build the training set."
+    )
+    executor: ExecutorConfig = Field(
+        default_factory=ExecutorConfig,
+        description="Where the per-record stages run (the local process or a Ray cluster).",
     )

@@ -218,3 +218,16 @@ def compact_done(
     if dropped:
         write_records(path, kept.values())
     return kept
+
+
+def sort_records(path: str | Path, rank: Callable[[dict], Any]) -> None:
+    """Put a record file's lines in `rank` order (stable); rewritten atomically, and only
+    when they are not in that order already."""
+    path = Path(path)
+    if not path.exists():
+        return
+    records = read_records(path)
+    ranks = [rank(record) for record in records]
+    if any(later < earlier for earlier, later in zip(ranks, ranks[1:], strict=False)):
+        order = sorted(range(len(records)), key=ranks.__getitem__)
+        write_records(path, (records[i] for i in order))

@@ -2,8 +2,10 @@
 
 - No output may be an input (or lie inside an input folder), and no two outputs may be the
   same file: paths are compared resolved, so `./a.jsonl`, `a.jsonl` and a symlink all match.
-- Record files are written as JSONL; another suffix (e.g. `.parquet`) is refused, not
-  silently written as JSONL.
+- Intermediate record files (stage outputs, which resume by appending) are written as JSONL;
+  another suffix (e.g. `.parquet`) is refused, not silently written as JSONL. User-facing
+  outputs (`data import`, `select`, `decontaminate`, `export`) choose JSONL, Parquet or a saved
+  dataset by name or `--format` (`lmmixup.io.formats`).
 - One process at a time writes a run directory or an output: a lock file holding the
   writer's PID and host, locked with `flock`. The OS releases the lock when its process dies,
   so the lock of a killed run is taken over; where `flock` is not available the PID alone
@@ -33,12 +35,13 @@ class OutputLockedError(LmmixupError):
 
 
 def require_jsonl(paths: Iterable[str | Path]) -> None:
-    """Refuse a record output whose name does not end in .jsonl (the only format written)."""
+    """Refuse a JSONL-only record output whose name does not end in .jsonl."""
     for path in paths:
         if not str(path).endswith(RECORD_SUFFIX):
             raise LmmixupError(
-                f"{path}: records are written as JSONL only; give the output a name ending "
-                f"in {RECORD_SUFFIX}"
+                f"{path}: records are written as JSONL only here (re-runs resume by appending); "
+                f"give the output a name ending in {RECORD_SUFFIX} (`lmmixup select` and "
+                "`lmmixup export` write Parquet or a saved dataset)"
             )
 
 

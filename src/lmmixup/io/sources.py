@@ -1,4 +1,5 @@
-"""Readers that turn any supported input (files, saved datasets, built-in data) into raw rows.
+"""Readers that turn any supported input (files, saved datasets, Hub datasets, built-in data)
+into raw rows.
 
 Every reader yields `Line` objects (1-based position, raw text, parsed value or error), so
 the importer can name the file and line of every bad row.
@@ -9,13 +10,17 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from lmmixup.errors import LmmixupError
 from lmmixup.io.assets import BUILTIN_SOURCES, builtin_path
+from lmmixup.io.hf_datasets import load_hub_rows, load_local_rows, parse_hub_id
 from lmmixup.io.jsonl import Line, iter_jsonl
 
 _SURROGATES = range(0xDC80, 0xDD00)
+READ_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv", ".tsv", ".arrow")
+"""Suffixes of the data files read: a missing file with one is a missing file, not a Hub id."""
 
 
 def _has_bad_bytes(value: object) -> bool:
@@ -147,32 +152,62 @@ def is_saved_dataset(path: Path) -> bool:
     return (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()
 
 
-def iter_source(source: str) -> tuple[str, Iterator[Line]]:
-    """(display name, rows) for a path or built-in name; the format is taken from the path."""
+@dataclass
+class OpenedSource:
+    """A source ready to read: its display name, its rows, what it says of its licence, and
+    whether the rows stream in (a Hub dataset read with `streaming`)."""
+
+    name: str
+    lines: Iterator[Line]
+    license: str | None = None
+    streamed: bool = False
+
+
+def open_source(source: str, streaming: bool = False) -> OpenedSource:
+    """Open a path, a built-in name or a Hub dataset id (`OWNER/NAME[:CONFIG]:SPLIT`); a path's
+    format is taken from its suffix. `streaming`: read a Hub dataset as it downloads."""
     if source in BUILTIN_SOURCES:
         path = builtin_path(source)
         reader = iter_json_array if path.suffix == ".json" else iter_jsonl
-        return str(path), reader(path)
+        return OpenedSource(str(path), reader(path))
     path = Path(source)
     if not path.exists():
-        builtins = ", ".join(BUILTIN_SOURCES)
-        raise LmmixupError(f"{source}: no such file or directory (built-in sources: {builtins})")
-    if path.is_dir():
-        if not is_saved_dataset(path):
-            raise LmmixupError(f"{path}: a directory must be a dataset saved with save_to_disk")
-        return str(path), iter_saved_dataset(path)
+        hub = parse_hub_id(source) if path.suffix.lower() not in READ_SUFFIXES else None
+        if hub is None:
+            builtins = ", ".join(BUILTIN_SOURCES)
+            raise LmmixupError(
+                f"{source}: no such file or directory (built-in sources: {builtins}; "
+                "Hub datasets: OWNER/NAME[:CONFIG]:SPLIT)"
+            )
+        loaded = load_hub_rows(hub, streaming)
+        return OpenedSource(str(hub), _iter_table_rows(loaded.rows), loaded.license, streaming)
+    if path.is_dir() and is_saved_dataset(path):
+        return OpenedSource(str(path), iter_saved_dataset(path))
     suffix = path.suffix.lower()
+    if path.is_dir() or suffix == ".arrow":
+        loaded = load_local_rows(path)
+        return OpenedSource(str(path), _iter_table_rows(loaded.rows), loaded.license)
     if suffix == ".parquet":
-        return str(path), iter_parquet(path)
+        return OpenedSource(str(path), iter_parquet(path))
     if suffix in (".csv", ".tsv"):
-        return str(path), iter_csv(path)
+        return OpenedSource(str(path), iter_csv(path))
     if suffix == ".json" and _first_char(path) == "[":
-        return str(path), iter_json_array(path)
-    return str(path), iter_jsonl(path)
+        return OpenedSource(str(path), iter_json_array(path))
+    return OpenedSource(str(path), iter_jsonl(path))
+
+
+def iter_source(source: str) -> tuple[str, Iterator[Line]]:
+    """(display name, rows) for a path, built-in name or Hub dataset id."""
+    opened = open_source(source)
+    return opened.name, opened.lines
 
 
 def default_source_name(source: str) -> str:
-    """The `source` field given to rows that have none: the built-in name or the file stem."""
+    """The `source` field given to rows that have none: the built-in name, the Hub dataset's
+    id (OWNER/NAME), or the file stem."""
     if source in BUILTIN_SOURCES:
         return source
+    hub = parse_hub_id(source) if not Path(source).exists() else None
+    if hub is not None:
+        return hub.repo
     return Path(source).name.split(".")[0] or "pool"

@@ -65,18 +65,21 @@ def check_faithfulness(
     finish_reason: str = "stop",
     text_vector: np.ndarray | None = None,
     member_vectors: np.ndarray | None = None,
+    redundant: bool = False,
 ) -> Faithfulness:
     """Flags, in this order: truncated, empty, copy, drift (see the module doc).
 
     `distilled_text` is the distilled pair as embedded (`prompt` newline `completion`), None
     when there is none. Drift is checked only when unit vectors for the text and members are
-    given: the mean cosine to the members must reach `cfg.min_member_similarity`.
+    given: the mean cosine to the members must reach `cfg.min_member_similarity`. A copy of
+    one member is no fault when the members are `redundant` (each says what the copy says):
+    keeping one of them is then the merge.
     """
     flags = ["truncated"] if finish_reason == "length" else []
     if distilled_text is None or not distilled_text.strip():
         return Faithfulness((*flags, "empty"))
     overlap = copy_overlap(distilled_text, member_texts)
-    if overlap >= cfg.max_copy_overlap:
+    if overlap >= cfg.max_copy_overlap and not redundant:
         flags.append("copy")
     similarity = None
     if text_vector is not None and member_vectors is not None:

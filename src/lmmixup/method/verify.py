@@ -14,14 +14,27 @@ Each verifier gives a score recorded on the pair and, when it fails, a reject re
   numbers, more than `max_unsupported_numbers` unsupported ones fail;
 - placeholder: a bracketed placeholder (`[your_spot_limit]`, `[...]`, `{name}`,
   `<insert link>`) that no member has;
+- leaked_instruction: the pair repeats a run of `leak_min_words` or more words of the
+  distiller's own instructions (the merge prompt, or the think sentence its training targets
+  use), which no member has;
 - unsupported_entity: more than `max_unsupported_entities` capitalised words written
   mid-sentence (`by Chime that`) that no member has;
 - near_copy: the pair repeats one member in long runs for at least `near_copy_share` of its
   words, and what follows the last run holds a content word no member has: a copy whose
   ending was changed (the exact copy is the `copy` check of `lmmixup.method.faithfulness`);
+- spliced: the pair's prompt is one member's prompt and its completion another member's
+  completion (each at least `splice_similarity` alike, word level), and those two members ask
+  different things: a question paired with an answer to another question;
+- unfinished: the completion ends on a colon, announcing content it never gives
+  ("Here is the list:"), which is what a reply cut at a stop string looks like;
 - low_coverage: the mean over members of the share of each member's key terms (content
   words of 4+ letters and numbers, from the text the distiller was shown) that the pair
-  keeps is below `min_coverage`.
+  keeps is below `min_coverage`;
+- dropped_member: the pair keeps less than `min_member_coverage` of one member's key terms:
+  the merge left that member out.
+
+`min_member_coverage` (the least-kept member's share) tells a cluster of redundant samples:
+when even that member is mostly kept, one member's text already says what the others say.
 """
 
 from __future__ import annotations
@@ -37,17 +50,21 @@ from typing import Any
 from lmmixup.config import DistillConfig
 from lmmixup.method.answers import FinalAnswer, answers_agree, final_answer, numbers_in
 from lmmixup.method.faithfulness import word_tokens
-from lmmixup.method.prompt import linearise
+from lmmixup.method.prompt import SYSTEM_PROMPT, USER_PROMPT, default_think, linearise
 
 VERIFY_REASONS = (
     "near_copy",
+    "spliced",
     "answer_mismatch",
     "no_final_answer",
     "wrong_arithmetic",
     "unsupported_number",
     "placeholder",
+    "leaked_instruction",
     "unsupported_entity",
+    "unfinished",
     "low_coverage",
+    "dropped_member",
 )
 """The verifiers' reject reasons, in the order a pair is checked (the first one found is its reason)."""
 
@@ -85,6 +102,8 @@ _BINARY = {
     ast.Mult: operator.mul,
     ast.Div: operator.truediv,
 }
+DIFFERENT_QUESTION_BELOW = 0.5
+"""Word-level similarity under which two prompts ask different things (the spliced check)."""
 _MIN_RUN = 4  # words: a shorter match with a member is not a copied run
 # Relative error allowed between an equation's sides: written results are often rounded
 # (`10 / 3 = 3.33`), so a result within 1% of the exact value counts as correct.
@@ -105,6 +124,9 @@ class Verification:
     unsupported_entities: tuple[str, ...]
     near_copy: float
     coverage: float
+    min_member_coverage: float = 1.0
+    spliced: tuple[int, int] | None = None
+    leaked: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON form stored on records (`checks`)."""
@@ -118,6 +140,9 @@ class Verification:
             "unsupported_entities": list(self.unsupported_entities),
             "near_copy": round(self.near_copy, 4),
             "coverage": round(self.coverage, 4),
+            "min_member_coverage": round(self.min_member_coverage, 4),
+            "spliced": None if self.spliced is None else list(self.spliced),
+            "leaked": self.leaked,
         }
 
 
@@ -236,6 +261,56 @@ def near_copy_score(text: str, member_texts: Sequence[str]) -> tuple[float, list
     return best, tail
 
 
+def _similarity(matcher: SequenceMatcher, text: str) -> float:
+    matcher.set_seq1(word_tokens(text))
+    return matcher.ratio()
+
+
+def spliced_members(
+    prompt: str, completion: str, members: Sequence[Mapping[str, Any]], threshold: float
+) -> tuple[int, int] | None:
+    """(i, j) when the pair's prompt is member i's and its completion member j's (word-level
+    similarity >= `threshold` each) and member j's own prompt is unlike the pair's (below
+    `DIFFERENT_QUESTION_BELOW`, so a damaged copy of the same question is not): a question
+    joined to another question's answer. None otherwise (members asking the same thing, as in
+    a cluster of redundant samples, are never spliced)."""
+    if len(members) < 2:
+        return None
+    by_prompt, by_completion = SequenceMatcher(autojunk=False), SequenceMatcher(autojunk=False)
+    by_prompt.set_seq2(word_tokens(prompt))
+    by_completion.set_seq2(word_tokens(completion))
+    prompt_sims = [_similarity(by_prompt, member["prompt"]) for member in members]
+    completion_sims = [_similarity(by_completion, member["completion"]) for member in members]
+    i = max(range(len(members)), key=prompt_sims.__getitem__)
+    j = max(range(len(members)), key=completion_sims.__getitem__)
+    if i == j or prompt_sims[i] < threshold or completion_sims[j] < threshold:
+        return None
+    return None if prompt_sims[j] >= DIFFERENT_QUESTION_BELOW else (i, j)
+
+
+_INSTRUCTION_TEXTS = (
+    SYSTEM_PROMPT,
+    *USER_PROMPT.split("{"),
+    default_think({"members": [], "task_type": "qa"}),
+)
+
+
+def leaked_instruction(text: str, member_text: str, min_words: int) -> str | None:
+    """The first run of `min_words`+ words the text shares with the distiller's instructions
+    (`lmmixup.method.prompt`) that the members do not have, None when there is none."""
+    tokens = word_tokens(text)
+    matcher = SequenceMatcher(None, autojunk=False)
+    matcher.set_seq2(tokens)
+    member_words = " ".join(word_tokens(member_text))
+    for instruction in _INSTRUCTION_TEXTS:
+        matcher.set_seq1(word_tokens(instruction))
+        for block in matcher.get_matching_blocks():
+            run = " ".join(tokens[block.b : block.b + block.size])
+            if block.size >= min_words and run not in member_words:
+                return run
+    return None
+
+
 def _member_answers(members: Sequence[Mapping[str, Any]]) -> list[FinalAnswer]:
     found = (final_answer(member["prompt"], member["completion"]) for member in members)
     return [answer for answer in found if answer is not None]
@@ -260,6 +335,10 @@ def verify_pair(
         _content(token) and token not in member_words for token in tail
     ):
         flags.append("near_copy")
+
+    spliced = spliced_members(prompt, completion, members, cfg.splice_similarity)
+    if spliced is not None:
+        flags.append("spliced")
 
     answer = final_answer(prompt, completion)
     member_answers = _member_answers(members)
@@ -292,6 +371,10 @@ def verify_pair(
     if placeholders:
         flags.append("placeholder")
 
+    leaked = leaked_instruction(text, member_lower, cfg.leak_min_words)
+    if leaked is not None:
+        flags.append("leaked_instruction")
+
     entities = [
         entity
         for entity in dict.fromkeys(entities_in(text))
@@ -303,9 +386,13 @@ def verify_pair(
     pair_terms = key_terms(text)
     shown = [linearise([member], cfg.max_member_chars) for member in members]
     coverages = [_coverage(key_terms(member), pair_terms) for member in shown]
+    if completion.rstrip().endswith(":"):
+        flags.append("unfinished")
     coverage = sum(coverages) / len(coverages) if coverages else 1.0
     if coverage < cfg.min_coverage:
         flags.append("low_coverage")
+    if min(coverages, default=1.0) < cfg.min_member_coverage:
+        flags.append("dropped_member")
 
     return Verification(
         flags=tuple(flags),
@@ -318,6 +405,9 @@ def verify_pair(
         unsupported_entities=tuple(entities),
         near_copy=near_copy,
         coverage=coverage,
+        min_member_coverage=min(coverages, default=1.0),
+        spliced=spliced,
+        leaked=leaked,
     )
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from lmmixup.errors import LmmixupError
 from lmmixup.io.jsonl import iter_jsonl
+from lmmixup.report.folder import detect_stage_files
 from lmmixup.stages import PIPELINE_ORDER
 
 RESULTS_FILE = Path("experiment") / "results.json"
@@ -48,10 +49,14 @@ class RunView:
     path: Path
     stages: dict[str, dict] = field(default_factory=dict)
     bad_lines: dict[str, set[int]] = field(default_factory=dict)
+    # a folder of stage-by-stage outputs: where each run-directory file is (report.folder)
+    files: dict[tuple[str, str], Path] | None = None
+    unused: list[str] = field(default_factory=list)  # its files the report could not place
+    link_base: Path | None = None  # the report's folder: links to files are relative to it
 
     def file(self, stage: str, name: str) -> Path | None:
-        path = self.path / stage / name
-        return path if path.is_file() else None
+        path = self.path / stage / name if self.files is None else self.files.get((stage, name))
+        return path if path is not None and path.is_file() else None
 
     def counts(self, stage: str) -> dict:
         """The stage's counts when it ended (an interrupted stage's counts are not trusted)."""
@@ -104,15 +109,17 @@ def load_run(run_dir: str | Path) -> RunView:
     order = {name: i for i, name in enumerate(PIPELINE_ORDER)}
     found.sort(key=lambda item: (order.get(item[1], len(order)), item[0], item[1]))
     run.stages = {name: manifest for _, name, manifest in found}
-    if (
-        not run.stages
-        and not (path / "config.yaml").is_file()
-        and not (path / RESULTS_FILE).is_file()
-    ):
+    if run.stages or (path / "config.yaml").is_file() or (path / RESULTS_FILE).is_file():
+        return run
+    run.files, manifests, run.unused = detect_stage_files(path)
+    if not run.files:
         raise LmmixupError(
             f"{run_dir} is not a run directory (no <stage>/manifest.json, config.yaml or "
-            f"{RESULTS_FILE})"
+            f"{RESULTS_FILE}) or a folder of stage outputs (no JSONL records lmmixup writes)"
         )
+    order = {name: i for i, name in enumerate(PIPELINE_ORDER)}
+    for stage in sorted({stage for stage, _ in run.files}, key=lambda s: order.get(s, len(order))):
+        run.stages[stage] = manifests.get(stage, {"status": "found (no manifest)"})
     return run
 
 
@@ -158,7 +165,7 @@ def reject_reasons(run: RunView, stage: str) -> Counter | None:
     path = run.file(stage, "rejects.jsonl")
     if path is None:
         return None
-    return Counter(clip(r.get("reason", "no reason given"), 160) for r in run.rows(path))
+    return Counter(str(r.get("reason", "no reason given")) for r in run.rows(path))
 
 
 def read_results(run: RunView) -> dict | str:
@@ -175,16 +182,16 @@ def read_results(run: RunView) -> dict | str:
     return data
 
 
-def read_warnings(run: RunView) -> list[dict]:
-    """The run's warnings ({code, message, advice}) from summary.json; none when the file, or
+def read_warnings(run: RunView) -> list[dict] | None:
+    """The run's warnings ({code, message, advice}) from summary.json; None when the file, or
     its `warnings` key (runs made before there were warnings), is absent or unreadable."""
     path = run.path / SUMMARY_FILE
     try:
         found = json.loads(path.read_text(encoding="utf-8")).get("warnings")
     except (OSError, ValueError, AttributeError):
-        return []
+        return None
     if not isinstance(found, list):
-        return []
+        return None
     return [
         {key: clip(w.get(key, ""), 2000) for key in ("code", "message", "advice")}
         for w in found

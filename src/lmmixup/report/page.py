@@ -29,9 +29,11 @@ _ENV = Environment(
 _ENV.tests["bold"] = lambda value: isinstance(value, Bold)
 
 
-def build_report(run_dir: str | Path) -> str:
-    """The HTML text of the report for a run directory."""
+def build_report(run_dir: str | Path, link_base: str | Path | None = None) -> str:
+    """The HTML text of the report for a run directory or a folder of stage outputs; links
+    to its files are relative to `link_base` (the report's folder; default the run's)."""
     run = load_run(run_dir)
+    run.link_base = Path(link_base) if link_base is not None else None
     sections = [(key, title, render(run)) for key, title, render in SECTIONS]
     config = run.path / "config.yaml"
     bad_lines = "; ".join(
@@ -42,6 +44,7 @@ def build_report(run_dir: str | Path) -> str:
         path=str(run.path.resolve()),
         generated=datetime.now(UTC).isoformat(timespec="seconds"),
         warnings=read_warnings(run),
+        folder=run.files is not None,
         sections=sections,
         config=(
             clip(config.read_text(encoding="utf-8", errors="replace"), 20000)
@@ -54,7 +57,7 @@ def build_report(run_dir: str | Path) -> str:
 
 def write_report(run_dir: str | Path, output: str | Path | None = None) -> Path:
     """Write the report (default RUN_DIR/report.html) atomically; returns its path."""
-    html = build_report(run_dir)
     output = Path(output) if output is not None else Path(run_dir) / REPORT_FILE
+    html = build_report(run_dir, link_base=output.parent)
     write_text_atomic(output, html)
     return output

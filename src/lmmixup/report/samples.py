@@ -48,7 +48,7 @@ def _after(output: dict | None, reject: dict | None, fate: str) -> dict | None:
     record = output if output is not None else reject.get("raw", {})
     record = record if isinstance(record, dict) else {}
     after = {
-        "rejected": clip(reject.get("reason"), 300) if reject is not None else None,
+        "rejected": str(reject.get("reason")) if reject is not None else None,
         "pair": None,
         "raw_output": None,
     }
@@ -68,19 +68,29 @@ def _after(output: dict | None, reject: dict | None, fate: str) -> dict | None:
     return after | {"checks": rows}
 
 
+def outcome(cluster: dict, output: dict | None, reject: dict | None, lineage: Lineage) -> str:
+    """What became of a cluster, for its summary line (a reject's reason in full)."""
+    if output is not None:
+        return lineage.fate(output)
+    if reject is not None:
+        return f"rejected: {reject.get('reason', 'no reason given')}"
+    if cluster.get("coherent") is False:
+        return "incoherent (below min_cohesion): not distilled"
+    return "not distilled yet"
+
+
 def _cluster(cluster: dict, lineage: Lineage) -> dict:
     output = lineage.outputs.get(cluster["cluster_id"])
     reject = lineage.rejects.get(cluster["cluster_id"]) if output is None else None
-    status = "distilled" if output else f"rejected: {reject.get('reason')}" if reject else "pending"
     cohesion = number(cluster.get("cohesion"))
     summary = (
-        f"{cluster['cluster_id']} · {cluster.get('source', '?')} · "
+        f"{clip(cluster['cluster_id'], 80)} · {clip(cluster.get('source', '?'), 80)} · "
         f"{len(cluster['member_ids'])} members · cohesion "
         + (f"{cohesion:.3f}" if cohesion is not None else "n/a")
-        + f" · {status}"
     )
     return {
-        "summary": clip(summary, 200),
+        "summary": summary,
+        "outcome": outcome(cluster, output, reject, lineage),
         "members": _members(cluster, lineage.members),
         "more": max(0, len(cluster["member_ids"]) - SAMPLE_MEMBERS),
         "after": _after(output, reject, lineage.fate(output) if output else ""),

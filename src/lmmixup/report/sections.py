@@ -22,6 +22,7 @@ from lmmixup.report.data import (
     score_histogram,
 )
 from lmmixup.report.distiller import distiller_eval_section
+from lmmixup.report.overview import files_section, models_section, training_rows_section
 from lmmixup.report.samples import samples_section
 from lmmixup.report.svg import bar_chart, empty_note, fmt, hbar_chart, histogram, line_chart
 from lmmixup.training.steps import STEPS_FILE
@@ -165,7 +166,7 @@ def rejects_section(run: RunView) -> dict:
         chart = hbar_chart(
             [r for r, _ in top], [n for _, n in top], title=f"{stage}: rejects by reason"
         )
-        every = [[clip(r, 300), f"{n:,}"] for r, n in reasons.most_common()]
+        every = [[r, f"{n:,}"] for r, n in reasons.most_common()]  # reasons are never cut
         charts.append({"chart": chart, "every": every})
     if not rows:
         return {"note": not_available("no stage has a rejects file or a tally of reject reasons")}
@@ -303,13 +304,16 @@ def experiment_section(run: RunView) -> dict:
 
 
 SECTIONS: list[tuple[str, str, Callable[[RunView], dict]]] = [
+    ("models", "Models used", models_section),
     ("stages", "Stages: records and time", stages_section),
     ("scores", "Quality scores", scores_section),
     ("clusters", "Clusters", clusters_section),
     ("samples", "Clusters before and after distillation", samples_section),
     ("rejects", "Rejects by reason", rejects_section),
     ("selection", "Selected training set", selection_section),
+    ("training_rows", "A sample of training rows", training_rows_section),
     ("training", "Training curves", training_section),
     ("experiment", "Experiment", experiment_section),
     ("distiller", "Distiller evaluation", distiller_eval_section),
+    ("files", "Output files", files_section),
 ]

@@ -8,6 +8,7 @@ report's templates insert it as is. All text inside is escaped here.
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from html import escape
@@ -18,6 +19,7 @@ PALETTE = ("#3367d6", "#e8710a", "#1e8e3e", "#d93025", "#9334e6", "#12b5cb", "#b
 WIDTH, HEIGHT = 560, 280
 LEFT, RIGHT, TOP, BOTTOM = 60, 16, 42, 48
 MAX_POINTS = 400  # per line; longer series are thinned evenly
+LABEL_CHARS = 36  # per line of a horizontal bar's label; longer labels wrap
 
 
 def empty_note(text: str) -> Markup:
@@ -163,8 +165,14 @@ def hbar_chart(labels: Sequence[str], values: Sequence[float], *, title: str) ->
     zero, so negative values (e.g. log-likelihoods) point left."""
     if not values:
         return empty_note(f"{title}: no data")
-    row, left = 22, 230
-    height = TOP + row * len(values) + 16
+    row, left, line = 22, 230, 13
+    wrapped = [
+        textwrap.wrap(str(label), LABEL_CHARS, break_on_hyphens=False) or [""] for label in labels
+    ]
+    tops = [
+        TOP + i * row + line * sum(len(w) - 1 for w in wrapped[:i]) for i in range(len(wrapped))
+    ]
+    height = tops[-1] + row + line * (len(wrapped[-1]) - 1) + 16
     lo, hi = min(min(values), 0), max(max(values), 0)
     frame = _Frame(lo, hi, 0, 1, left=left + 34, width=WIDTH - left - 94)
     zero = frame.x(0)
@@ -174,11 +182,14 @@ def hbar_chart(labels: Sequence[str], values: Sequence[float], *, title: str) ->
             f'<line class="axis" x1="{zero:.1f}" x2="{zero:.1f}" y1="{TOP}" y2="{height - 16}"/>'
         )
     for i, (label, value) in enumerate(zip(labels, values, strict=True)):
-        y = TOP + i * row
+        # a long label wraps over several lines, never cut: the row grows instead
+        y = tops[i] + line * (len(wrapped[i]) - 1) / 2
         end = frame.x(value)
         text = str(label)
-        short = text if len(text) <= 36 else text[:35] + "…"
-        parts.append(_text(left - 6, y + 15, short, anchor="end"))
+        parts += [
+            _text(left - 6, tops[i] + 15 + line * k, part, anchor="end")
+            for k, part in enumerate(wrapped[i])
+        ]
         parts.append(
             f'<rect class="bar" x="{min(zero, end):.1f}" y="{y + 3}" width="{abs(end - zero):.1f}" '
             f'height="{row - 6}" fill="{PALETTE[i % len(PALETTE)]}"><title>{escape(text)}: '

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from lmmixup.errors import StageMismatchError
+from lmmixup.io.formats import beside
 from lmmixup.io.outputs import check_outputs, output_lock, run_dir_lock
 from lmmixup.runtime.manifest import (
     changes,
@@ -158,8 +159,9 @@ def fileread_stage_manifest(output: Path) -> Path:
 
 
 def rejects_beside(output: Path) -> Path:
-    """A standalone command's rejects file: OUTPUT.rejects.jsonl beside OUTPUT."""
-    return output.with_name(output.name.removesuffix(".jsonl") + ".rejects.jsonl")
+    """A standalone command's rejects file: OUTPUT.rejects.jsonl beside OUTPUT (JSONL whatever
+    OUTPUT's format: `train.parquet` -> `train.rejects.jsonl`)."""
+    return beside(output, "rejects")
 
 
 def run_file_stage(

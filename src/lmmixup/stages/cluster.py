@@ -5,6 +5,8 @@ kept before it (file order, across all sources) is set aside as a near-duplicate
 reason `near_duplicate` and the id it duplicates. After clustering, each cluster is marked
 `coherent` when its cohesion is at least `min_cohesion`; incoherent clusters are written too
 (the distill stage skips them), so every record ends in a cluster or in the rejects file.
+The clustered records' embeddings are saved beside the clusters (NAME.vectors.npz) for the
+distill stage, which then embeds only what it writes.
 
 `CLUSTER` declares it as a stage of `lmmixup run`.
 """
@@ -21,6 +23,7 @@ from lmmixup.config import ClusterConfig, RunConfig
 from lmmixup.errors import LmmixupError
 from lmmixup.io.jsonl import write_records
 from lmmixup.io.validate import POOL_RECORD, read_checked
+from lmmixup.io.vectors import save_vectors, vectors_beside
 from lmmixup.runtime.runner import StageDir, rejects_beside
 from lmmixup.runtime.spec import StageSpec
 
@@ -138,6 +141,9 @@ def cluster_records(records: list[dict], vectors: np.ndarray, cfg: ClusterConfig
 def cluster_file(low: Path, output: Path, cfg: ClusterConfig, rejects: Path | None = None) -> dict:
     """Embed and cluster a record file; write cluster records; return counts for the manifest.
 
+    The clustered records' embeddings are saved beside the output (`io.vectors`), for the
+    distill stage's drift check.
+
     Near-duplicates (`cfg.dedup_threshold`) go to `rejects` (default: OUTPUT.rejects.jsonl
     beside the output), every other record is in exactly one cluster. `near_duplicates`
     counts the former; `below_min_size` the clusters smaller than `min_size` (groups with too
@@ -145,13 +151,20 @@ def cluster_file(low: Path, output: Path, cfg: ClusterConfig, rejects: Path | No
     clusters below `min_cohesion` and their records.
     """
     records = read_checked(low, POOL_RECORD, allow_empty=True)
-    vectors = load_embedder(cfg.embedder).encode(
+    vectors = load_embedder(cfg.embedder, cfg.embed_device).encode(
         [record_text(r) for r in records], description="embed low"
     )
     kept, kept_vectors, duplicates = drop_near_duplicates(records, vectors, cfg.dedup_threshold)
     clusters = cluster_records(kept, kept_vectors, cfg)
     write_records(rejects_beside(output) if rejects is None else rejects, duplicates)
     write_records(output, clusters)
+    save_vectors(
+        vectors_beside(output),
+        [r["id"] for r in kept],
+        [record_text(r) for r in kept],
+        kept_vectors,
+        cfg.embedder,
+    )
     sizes = [c["size"] for c in clusters]
     small = [size for size in sizes if size < cfg.min_size]
     incoherent = [c["size"] for c in clusters if not c["coherent"]]

@@ -11,19 +11,24 @@ to the members. Every cluster ends as one distilled record or one reject with it
 - unparsable: no `<answer>` block;
 - format: the answer does not follow the task type's layout;
 - empty: the answer block is blank;
-- copy: the pair repeats one member near verbatim (no merging happened);
+- copy: the pair repeats one member near verbatim (no merging happened), unless the members
+  are redundant (the pair keeps `redundant_coverage` of every member's key terms: keeping one
+  of them is the merge);
 - drift: the pair is far, in embedding space, from the members it should merge;
 - the verifiers of `lmmixup.method.verify`, in this order: near_copy (one member repeated
   with an ending no member has), answer_mismatch (the pair's final answer is none of the
-  members'), no_final_answer (members state one, the pair none), wrong_arithmetic (a
-  written equation that does not hold), unsupported_number,
-  placeholder (e.g. `[your_spot_limit]`), unsupported_entity, low_coverage;
+  members'), spliced (one member's question with another's answer), no_final_answer
+  (members state one, the pair none), wrong_arithmetic (a written equation that does not
+  hold), unsupported_number, placeholder (e.g. `[your_spot_limit]`), leaked_instruction (the
+  distiller's own prompt words), unsupported_entity, unfinished (ends on a colon),
+  low_coverage, dropped_member (a member left out);
 - incoherent: the cluster stage marked the cluster `"coherent": false` (cohesion below its
   floor); it is not sent to the model and its members stay unselected low-quality rows.
 
 Every distilled record and every reject's record carries `checks`: the measured values
 (`copy_overlap`, `member_similarity`, `answer`, `answer_agrees`, `unsupported_numbers`,
-`placeholders`, `unsupported_entities`, `near_copy`, `coverage`) and all the `flags` found.
+`placeholders`, `unsupported_entities`, `near_copy`, `coverage`, `min_member_coverage`,
+`spliced`, `leaked`) and all the `flags` found.
 
 Best-of-n (`candidates` > 1): the first candidate is the single reply of `candidates: 1`; the
 others are sampled at `candidate_temperature`, candidate i with seed i (so each is a distinct
@@ -33,7 +38,7 @@ The kept candidate is the one with the highest coverage among those passing ever
 record says how many candidates were tried (`candidates`) and which one it is (`candidate`).
 
 `DistillStage` is the distiller as a per-record stage (one cluster in, one record or reject
-out) that the local executor runs; `DISTILL` declares it as a stage of `lmmixup run`.
+out) that the run's executor (local, or Ray) runs; `DISTILL` declares it as a stage of `lmmixup run`.
 """
 
 from __future__ import annotations
@@ -46,13 +51,15 @@ from typing import Any
 
 import numpy as np
 
-from lmmixup.backends.base import Generation, Generator, GenParams
+from lmmixup.backends.base import Generation, Generator, GenParams, usage_of
+from lmmixup.backends.coalesce import CoalescingEncoder
 from lmmixup.backends.embed import record_text
 from lmmixup.config import DistillConfig, RunConfig
 from lmmixup.errors import LmmixupError
 from lmmixup.io.cache import CallCache
 from lmmixup.io.jsonl import read_records
 from lmmixup.io.validate import CLUSTER_RECORD, POOL_RECORD, numbered_checked, read_checked
+from lmmixup.io.vectors import SavedVectors, load_vectors, vectors_beside
 from lmmixup.method.faithfulness import check_faithfulness
 from lmmixup.method.prompt import build_messages
 from lmmixup.method.reply import (
@@ -64,9 +71,12 @@ from lmmixup.method.reply import (
     reply_format,
 )
 from lmmixup.method.verify import Verification, verify_pair
-from lmmixup.runtime.executor import REJECT_KEY, BatchFn, LocalExecutor, RecordStage
+from lmmixup.runtime.executor import REJECT_KEY, BatchFn, RecordStage, stage_sizing
+from lmmixup.runtime.executors import current_executor
 from lmmixup.runtime.runner import StageDir
 from lmmixup.runtime.spec import StageSpec
+from lmmixup.stages.distill_vectors import pair_and_member_vectors
+from lmmixup.stages.failures import distill_failures, first_error
 from lmmixup.types import Embedder
 
 GENERATION_ERROR = "generation_error"
@@ -161,20 +171,6 @@ def _draft(
     return _Draft(cluster, members, task_type, member_texts, generation, form, pair)
 
 
-def _embed(drafts: Sequence[_Draft], embedder: Embedder) -> list[np.ndarray | None]:
-    """Vectors (pair first, then members) for each draft with a pair, in one encode call."""
-    texts: list[str] = []
-    spans: list[tuple[int, int] | None] = []
-    for draft in drafts:
-        if draft.text is None:
-            spans.append(None)
-            continue
-        spans.append((len(texts), len(texts) + 1 + len(draft.member_texts)))
-        texts += [draft.text, *draft.member_texts]
-    vectors = embedder.encode(texts) if texts else None
-    return [None if span is None else vectors[span[0] : span[1]] for span in spans]
-
-
 def _reason(draft: _Draft, flags: Sequence[str]) -> str | None:
     """Why a draft is rejected (the first reason in the module doc's order), None when it is kept."""
     if not draft.generation.ok:
@@ -194,6 +190,9 @@ def _finish(
     draft: _Draft, vectors: np.ndarray | None, cfg: DistillConfig, model: str
 ) -> dict[str, Any]:
     """The distilled record of a draft, or its reject (carrying `REJECT_KEY`)."""
+    verification: Verification | None = None
+    if draft.pair is not None:
+        verification = verify_pair(*draft.pair, draft.members, cfg)
     faithfulness = check_faithfulness(
         draft.text,
         draft.member_texts,
@@ -201,10 +200,9 @@ def _finish(
         finish_reason=draft.generation.finish_reason,
         text_vector=None if vectors is None else vectors[0],
         member_vectors=None if vectors is None else vectors[1:],
+        redundant=verification is not None
+        and verification.min_member_coverage >= cfg.redundant_coverage,
     )
-    verification: Verification | None = None
-    if draft.pair is not None:
-        verification = verify_pair(*draft.pair, draft.members, cfg)
     flags = [*faithfulness.flags, *(() if verification is None else verification.flags)]
     checks = faithfulness.as_dict()
     if verification is not None:
@@ -272,11 +270,14 @@ def make_distill_fn(
     embedder: Embedder,
     cfg: DistillConfig,
     members_by_id: Mapping[str, Mapping[str, Any]],
+    saved: SavedVectors | None = None,
 ) -> BatchFn:
     """The batch function of the stage: cluster records in, one distilled record or reject each.
 
     Per batch: one `generate` call per candidate (`candidates`, see the module doc) and one
-    `encode` call; clusters marked incoherent are rejected without either.
+    `encode` call (the pairs, and the members without a `saved` vector); clusters marked
+    incoherent are rejected without either. Thread-safe when the generator and the embedder
+    are: a streaming executor calls it from many threads at once.
     """
     params = candidate_params(cfg)
 
@@ -294,7 +295,9 @@ def make_distill_fn(
                 clusters, members, task_types, generator.generate(prompts, candidate), strict=True
             )
         ]
-        vectors = _embed(drafts, embedder)
+        vectors = pair_and_member_vectors(
+            [(d.text, d.members, d.member_texts) for d in drafts], embedder, saved
+        )
         records = [
             _finish(draft, vector, cfg, generator.name)
             for draft, vector in zip(drafts, vectors, strict=True)
@@ -356,9 +359,11 @@ class DistillStage(RecordStage):
     reject each.
 
     Built from the distill config, the pool file the members come from, the call cache's
-    path (None: no cache) and the embedder's name (default: the config's). `open()` loads
-    the generator and the embedder and indexes the pool by id. A cluster the backend failed
-    on (`generation_error`) is retried on the next run; every other reject is final.
+    path (None: no cache), the embedder's name (default: the config's) and the file of the
+    members' saved embeddings (`io.vectors`, the cluster stage's; absent: embed them). `open()`
+    loads the generator and the embedder and indexes the pool by id. A cluster the backend
+    failed on (`generation_error`) is retried on the next run; every other reject is final.
+    A server backend takes one cluster per call, `generator.concurrency` at once.
     """
 
     description = "distill"
@@ -369,14 +374,17 @@ class DistillStage(RecordStage):
         pool: Path,
         cache_path: Path | None = None,
         embedder: str | None = None,
+        member_vectors: Path | None = None,
     ):
         self.cfg = cfg
         self.pool = pool
         self.cache_path = cache_path
         self.embedder = embedder or cfg.embedder
-        self.batch_size = cfg.generator.batch_size
+        self.member_vectors = member_vectors
+        self.batch_size, self.concurrency = stage_sizing(cfg.generator)
         self._cache: CallCache | None = None
         self._distill: BatchFn | None = None
+        self._generator: Generator | None = None
 
     def open(self) -> None:
         from lmmixup.backends import load_generator
@@ -384,11 +392,15 @@ class DistillStage(RecordStage):
 
         self._cache = None if self.cache_path is None else CallCache(self.cache_path)
         members_by_id = {record["id"]: record for record in read_records(self.pool)}
+        saved = self.member_vectors and load_vectors(self.member_vectors, self.embedder)
+        self._generator = load_generator(self.cfg.generator, self._cache)
         self._distill = make_distill_fn(
-            load_generator(self.cfg.generator, self._cache),
-            load_embedder(self.embedder),
+            self._generator,
+            # records in flight at once share embedding calls
+            CoalescingEncoder(load_embedder(self.embedder, self.cfg.embed_device)),
             self.cfg,
             members_by_id,
+            saved,
         )
 
     def process(self, batch: list[dict]) -> list[dict]:
@@ -399,10 +411,15 @@ class DistillStage(RecordStage):
 
     def close(self) -> dict[str, Any]:
         report: dict[str, Any] = {}
+        usage = usage_of(self._generator)
+        if usage:
+            report["usage"] = usage
         if self._cache is not None:
             report["cache"] = self._cache.stats()
             self._cache.close()
-        self._distill = self._cache = None
+        if hasattr(self._generator, "close"):
+            self._generator.close()
+        self._distill = self._cache = self._generator = None
         return report
 
 
@@ -419,7 +436,8 @@ def distill_clusters(
     """Distil every cluster of `clusters_path` (members from `pool_path`), resuming a stopped run.
 
     Appends distilled records to `out_path` and rejects to `rejects_path`; a cluster with a
-    record in either is not redone. Returns counts for the manifest: this run's `written`,
+    record in either is not redone. Member embeddings the cluster stage saved beside
+    `clusters_path` (`io.vectors`) are used where they fit. Returns counts for the manifest: this run's `written`,
     `rejected` and `already_done`, plus the files' totals (`distilled`, `reject_reasons`).
     """
     numbered_clusters, _ = read_distill_inputs(clusters_path, pool_path)
@@ -429,8 +447,10 @@ def distill_clusters(
         (number, {**cluster, "id": distilled_id(cluster["cluster_id"])})
         for number, cluster in numbered_clusters
     ]
-    stage = DistillStage(cfg, Path(pool_path), None if cache is None else cache.path, embedder_name)
-    run = LocalExecutor().run(
+    cache_path = None if cache is None else cache.path
+    saved = vectors_beside(clusters_path)  # the cluster stage's, when it is there
+    stage = DistillStage(cfg, Path(pool_path), cache_path, embedder_name, saved)
+    run = current_executor().run(
         stage,
         clusters,
         output=Path(out_path),
@@ -441,8 +461,11 @@ def distill_clusters(
     if cache is not None and "cache" in run.report:
         cache.count_use(run.report["cache"])
     counts: dict[str, Any] = dict(run.counts)
+    if "usage" in run.report:
+        counts["distiller_usage"] = run.report["usage"]
     counts["distilled"] = len(read_records(out_path))
     counts["reject_reasons"] = reject_reasons(rejects_path)
+    counts.update(first_error(rejects_path, GENERATION_ERROR))
     return counts
 
 
@@ -458,7 +481,12 @@ def _run_distill(stage: StageDir, cfg: RunConfig, inputs: dict[str, Path]) -> No
     stage.counts.update(counts)
     failed = counts["reject_reasons"].get(GENERATION_ERROR, 0)
     if failed:
-        stage.partial = f"{failed} clusters failed in the distiller; re-run to retry them"
+        note = distill_failures(counts, GENERATION_ERROR)
+        stage.partial = (
+            note.line()
+            if note
+            else f"{failed} clusters failed in the distiller; re-run to retry them"
+        )
 
 
 DISTILL = StageSpec(

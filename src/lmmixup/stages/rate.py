@@ -2,8 +2,9 @@
 
 Output: the pool records with `rating` (or `rating: null` + `rating_error` for a failure,
 which the next run retries). Resumable: records already rated are skipped. The judge
-(`JudgeStage`) and the kNN-Bayes scorer (`KnnStage`) are per-record stages the local
-executor runs; `RATE` and `RERATE` declare the two stages of `lmmixup run` that rate.
+(`JudgeStage`) and the kNN-Bayes scorer (`KnnStage`) are per-record stages the run's
+executor (`current_executor`: local, or Ray) runs; `RATE` and `RERATE` declare the two
+stages of `lmmixup run` that rate.
 """
 
 from __future__ import annotations
@@ -22,9 +23,11 @@ from lmmixup.io.jsonl import read_records, write_records
 from lmmixup.io.validate import POOL_RECORD, check_file
 from lmmixup.method.knn_bayes import KnnBayesScorer, ScorerLibrary, load_task_scorers
 from lmmixup.records import effective_score
-from lmmixup.runtime.executor import LocalExecutor, RecordStage, StageRun, numbered
+from lmmixup.runtime.executor import RecordStage, StageRun, numbered
+from lmmixup.runtime.executors import current_executor
 from lmmixup.runtime.runner import StageDir
 from lmmixup.runtime.spec import StageSpec
+from lmmixup.stages.failures import rate_failures
 from lmmixup.stages.judge import TRUNCATED_KEY, JudgeStage, is_rated
 
 LIBRARY_DIR = "library"
@@ -40,7 +43,7 @@ def chosen_for_judge(record_id: str, fraction: float, seed: int) -> bool:
 def _run(stage: RecordStage, pool: Path, output: Path, rejects: Path, select) -> StageRun:
     """Run a rating stage over the records of `pool` that `select` accepts (all by default)."""
     records = [(n, r) for n, r in numbered(pool) if select is None or select(r)]
-    return LocalExecutor().run(
+    return current_executor().run(
         stage, records, output=output, rejects=rejects, source=str(pool), total=len(records)
     )
 
@@ -58,8 +61,9 @@ def judge_records(
     stage = JudgeStage(cfg, None if cache is None else cache.path, run_index)
     run = _run(stage, pool, output, rejects, select)
     counts: dict = dict(run.counts)
-    if "usage" in run.report:
-        counts["judge_usage"] = run.report["usage"]
+    for key in ("mode", "mode_note", "usage"):  # the mode used: `auto` is resolved at open
+        if key in run.report:
+            counts[f"judge_{key}"] = run.report[key]
     if cache is not None and "cache" in run.report:
         cache.count_use(run.report["cache"])
     if "stopped" in run.report:
@@ -116,7 +120,9 @@ class KnnStage(RecordStage):
 
     def open(self) -> None:
         library = _load_library(self.library)
-        self._score = make_knn_fn(library, load_embedder(self.cfg.embedder), self.cfg.k)
+        self._score = make_knn_fn(
+            library, load_embedder(self.cfg.embedder, self.cfg.embed_device), self.cfg.k
+        )
 
     def process(self, batch: list[dict]) -> list[dict]:
         return self._score(batch)
@@ -164,7 +170,7 @@ def _too_few_judged(records: list[dict], judged: int, output: Path) -> str:
 
 def fit_library(records: list[dict], cfg: RateConfig) -> tuple[KnnBayesScorer, np.ndarray]:
     """A kNN-Bayes scorer fitted on judged records; also returns their embeddings."""
-    embedder = load_embedder(cfg.embedder)
+    embedder = load_embedder(cfg.embedder, cfg.embed_device)
     vectors = embedder.encode([record_text(r) for r in records], description="embed judged")
     labels = np.array([r["rating"]["score"] for r in records], dtype=np.int64)
     scorer = KnnBayesScorer.fit(
@@ -280,6 +286,8 @@ def rate_pool(
     records = read_records(output)
     counts["rated"] = sum(is_rated(r) for r in records)
     counts["failed"] = len(records) - counts["rated"]
+    if counts["failed"]:
+        counts["first_error"] = next(r.get("rating_error") for r in records if not is_rated(r))
     counts[TRUNCATED_KEY] = sum(TRUNCATED_KEY in r for r in records)
     counts["score_histogram"] = _histogram(records)
     if cache is not None:
@@ -325,7 +333,10 @@ def rate_into(stage: StageDir, pool: Path, cfg: RateConfig) -> dict:
     )
     stage.counts.update(counts)
     if counts["failed"]:
-        stage.partial = f"{counts['failed']} ratings failed; re-run to retry them"
+        note = rate_failures(counts)
+        stage.partial = (
+            note.line() if note else f"{counts['failed']} ratings failed; re-run to retry them"
+        )
     return counts
 
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from lmmixup.backends.embed import load_embedder, record_text
 from lmmixup.config import RunConfig, SelectConfig
+from lmmixup.io.formats import RecordOutput, beside
 from lmmixup.io.jsonl import write_records
 from lmmixup.io.validate import RATED_RECORD, read_checked
 from lmmixup.records import effective_score
@@ -31,7 +32,9 @@ def long_tail(records: list[dict], cfg: SelectConfig) -> np.ndarray:
     if not records:
         return np.zeros(0)
     texts = tuple(record_text(r) for r in records)
-    return _long_tail_of(load_embedder(cfg.embedder), cfg.long_tail_k, texts).copy()
+    return _long_tail_of(
+        load_embedder(cfg.embedder, cfg.embed_device), cfg.long_tail_k, texts
+    ).copy()
 
 
 # An experiment selects several arms from the same candidate files (and checks every arm
@@ -53,12 +56,14 @@ def training_row(record: dict, origin: str) -> dict:
     return row
 
 
-def write_selection(selection, output: Path) -> dict:
-    """Write the rows and the reasons; returns the summary with the composition."""
+def write_selection(selection, output: Path | RecordOutput) -> dict:
+    """Write the rows (in the output's format) and the reasons (JSONL); returns the summary
+    with the composition."""
+    out = output if isinstance(output, RecordOutput) else RecordOutput(Path(output))
     origins = {why["id"]: why["origin"] for why in selection.why}
     rows = [training_row(r, origins[r["id"]]) for r in selection.records]
-    write_records(output, rows)
-    write_records(why_path(output), selection.why)
+    out.write(rows)
+    write_records(why_path(out.path), selection.why)
     summary = dict(selection.summary)
     summary["rows"] = len(rows)
     summary["by_origin"] = dict(Counter(row["origin"] for row in rows))
@@ -67,13 +72,14 @@ def write_selection(selection, output: Path) -> dict:
 
 
 def why_path(output: Path) -> Path:
-    return output.with_name(output.name.removesuffix(".jsonl") + ".why.jsonl")
+    """Why each row was chosen: OUTPUT.why.jsonl (`train.parquet` -> `train.why.jsonl`)."""
+    return beside(output, "why")
 
 
 def select_files(
     original: Path,
     mixup: Path,
-    output: Path,
+    output: Path | RecordOutput,
     cfg: SelectConfig,
     allow_short: bool = False,
     allow_empty: bool = True,
@@ -139,7 +145,7 @@ BASELINES = ("random", "full", "high-only", "low-only", "high-low", "label-filte
 def select_baseline(
     name: str,
     rated_pool: Path,
-    output: Path,
+    output: Path | RecordOutput,
     cfg: SelectConfig,
     high: Path | None = None,
     allow_short: bool = False,

@@ -27,7 +27,8 @@ from typing import Any, Literal
 from pydantic import Field
 
 from lmmixup.errors import LmmixupError
-from lmmixup.io.jsonl import iter_jsonl, reject_record, write_records
+from lmmixup.io.jsonl import reject_record, write_records
+from lmmixup.io.sources import open_source
 from lmmixup.stages.decontaminate import DEFAULT_N, MIN_WORDS, decontaminate, read_eval_sets
 from lmmixup.training.examples import Rows, completion_example, fitting_rows
 from lmmixup.training.settings import GROUP_BY_LENGTH, BaseTrainSettings, LoraSettings
@@ -111,13 +112,14 @@ class TrainingSet:
 
 
 def read_training_set(path: str | Path) -> TrainingSet:
-    """Rows of a JSONL file with non-empty string `prompt` and `completion` (kept as given); any
-    other line becomes a reject naming the file and line."""
+    """Rows of a training set (JSONL, Parquet or a saved dataset folder, as `select` writes
+    them) with non-empty string `prompt` and `completion` (kept as given); any other line
+    becomes a reject naming the file and line."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise LmmixupError(f"training set not found: {path}")
     rows, rejects = [], []
-    for line in iter_jsonl(path):
+    for line in open_source(str(path)).lines:
         reason = line.error or _row_problem(line.value)
         if reason:
             rejects.append(reject_record(path, line.number, reason, line.raw))

@@ -15,11 +15,13 @@ adapter-free base under LoRA, so it costs no second copy of the weights.
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from lmmixup.errors import LmmixupError
+from lmmixup.config import OPERATIONAL
+from lmmixup.errors import ConfigError, LmmixupError
 from lmmixup.rewards.config import COMPONENTS, RewardSet, RewardSettings, load_reward_set
 from lmmixup.training.examples import fitting_rows, grpo_row, prompt_ids, read_split
 from lmmixup.training.settings import TrainSettings
@@ -79,6 +81,23 @@ class GRPOTrainConfig(TrainSettings):
         256, ge=8, description="Tokens a sampled completion may have."
     )
     epochs: float = Field(1.0, gt=0, description="Passes over grpo_train.jsonl (paper: 1).")
+    use_vllm: bool = Field(
+        False,
+        description="Sample the groups with vLLM on the training GPU (TRL's use_vllm, vllm_mode colocate): much faster sampling on a GPU; needs a CUDA GPU and the vllm package (pip install 'lmmixup[vllm]').",
+    )
+    vllm_gpu_memory_utilization: float = Field(
+        0.3,
+        gt=0,
+        lt=1,
+        description="use_vllm: share of the GPU's memory vLLM may take; the rest is the trainer's.",
+        json_schema_extra=OPERATIONAL,
+    )
+    vllm_tensor_parallel_size: int = Field(
+        1,
+        ge=1,
+        description="use_vllm: GPUs vLLM splits the model across.",
+        json_schema_extra=OPERATIONAL,
+    )
 
     @model_validator(mode="after")
     def _micro_batches_divide_the_step(self) -> GRPOTrainConfig:
@@ -91,6 +110,35 @@ class GRPOTrainConfig(TrainSettings):
         return self
 
 
+def vllm_arguments(cfg: GRPOTrainConfig) -> dict[str, Any]:
+    """GRPOConfig's vLLM arguments (none without `use_vllm`); refuses, before anything loads,
+    a machine without the vllm package or a CUDA GPU."""
+    if not cfg.use_vllm:
+        return {}
+    import torch
+
+    missing = [
+        what
+        for what, present in (
+            ("the vllm package (pip install 'lmmixup[vllm]')", importlib.util.find_spec("vllm")),
+            ("a CUDA GPU", torch.cuda.is_available()),
+        )
+        if not present
+    ]
+    if missing:
+        raise ConfigError(
+            f"grpo.use_vllm: sampling with vLLM needs {' and '.join(missing)}, which this "
+            "machine lacks; set use_vllm: false to sample with transformers"
+        )
+    return {
+        "use_vllm": True,
+        "vllm_mode": "colocate",
+        "vllm_gpu_memory_utilization": cfg.vllm_gpu_memory_utilization,
+        "vllm_tensor_parallel_size": cfg.vllm_tensor_parallel_size,
+        "vllm_max_model_length": cfg.max_prompt_length + cfg.max_completion_length,
+    }
+
+
 def build_grpo_trainer(cfg: GRPOTrainConfig, rewards: RewardSet):
     """The GRPOTrainer, its tokenizer and its rows (prompts within `max_prompt_length`), ready
     to train."""
@@ -99,6 +147,7 @@ def build_grpo_trainer(cfg: GRPOTrainConfig, rewards: RewardSet):
 
     if set(rewards.functions) != set(COMPONENTS):
         raise LmmixupError(f"GRPO needs all reward components {COMPONENTS}")
+    sampling = vllm_arguments(cfg)
     compact_lm_head_on_cpu()
     records = read_split(cfg.mixture, "grpo_train")  # before the model load: fails fast
     model, tokenizer = load_model_and_tokenizer(cfg.model)
@@ -125,6 +174,7 @@ def build_grpo_trainer(cfg: GRPOTrainConfig, rewards: RewardSet):
         scale_rewards="group",
         max_completion_length=cfg.max_completion_length,
         reward_weights=rewards.for_trainer()[1],
+        **sampling,
     )
     trainer = GRPOTrainer(
         model=model,
@@ -143,6 +193,7 @@ def train_grpo(cfg: GRPOTrainConfig, rewards: RewardSet | None = None) -> dict[s
 
     `rewards` defaults to the configured library and embedders (tests pass fakes).
     """
+    vllm_arguments(cfg)  # a machine that cannot sample with vLLM is refused before any load
     rewards = rewards or load_reward_set(cfg.rewards, require_quality=True)
     trainer, tokenizer, rows = build_grpo_trainer(cfg, rewards)
     return run_training(trainer, tokenizer, cfg, rows)

@@ -5,7 +5,8 @@ split, clusters, distilled pairs, the training set) and returns a `RunWarning` f
 that the result is weak: a judge that barely separates the pool, a high bar that was lowered
 or never reached, a low distill yield or few faithful pairs, a training set whose mix of
 sources or task types moved far from the pool's, a budget filled from originals, no distilled
-row at all. Each warning has a stable `code`, a one-line `message` with the numbers and
+row at all, model calls that failed on prompts over the server's context or for most items.
+Each warning has a stable `code`, a one-line `message` with the numbers and
 `advice` (what to do).
 
 `lmmixup run` prints them after its summary table and writes them to `summary.json`
@@ -24,6 +25,8 @@ from lmmixup.config import SplitConfig
 from lmmixup.io.jsonl import iter_jsonl
 from lmmixup.records import effective_score
 from lmmixup.runtime.manifest import read_manifest
+from lmmixup.stages.distill import GENERATION_ERROR
+from lmmixup.stages.failures import distill_failures, rate_failures
 
 # A judge that puts at least this share of the rated records in its two most common 0-5
 # scores gives the split (and the re-rating, and selection's ranking) almost nothing to go
@@ -122,8 +125,24 @@ def check_run(run_dir: str | Path) -> list[RunWarning]:
         _faithful_share(run),
         *_mix_shift(run),
         _budget(run),
+        *_failed_calls(run),
     ]
     return [warning for warning in warnings if warning is not None]
+
+
+def _failed_calls(run: RunFiles) -> list[RunWarning]:
+    """Model calls that failed where a plain re-run will not help (prompts over the server's
+    context) or that failed for most items (`stages.failures`)."""
+    notes = {
+        "rate": rate_failures(run.counts("rate")),
+        "rerate": rate_failures(run.counts("rerate")),
+        "distill": distill_failures(run.counts("distill"), GENERATION_ERROR),
+    }
+    return [
+        RunWarning("model_calls_failed", f"{stage}: {note.message}", note.advice)
+        for stage, note in notes.items()
+        if note is not None
+    ]
 
 
 def _score(record: dict) -> int | None:

@@ -16,6 +16,7 @@ from lmmixup.io.assets import BUILTIN_SOURCES, builtin_path
 from lmmixup.io.jsonl import write_text_atomic
 from lmmixup.io.outputs import run_dir_lock
 from lmmixup.io.sources import is_saved_dataset
+from lmmixup.runtime.executors import executor_for, using
 from lmmixup.runtime.runner import StageResult, run_stage, run_summary
 from lmmixup.runtime.spec import StageSpec
 from lmmixup.stages import PIPELINE_ORDER
@@ -26,6 +27,14 @@ from lmmixup.stages.rate import RATE, RERATE
 from lmmixup.stages.select import SELECT
 from lmmixup.stages.split import SPLIT
 from lmmixup.workflows.health import check_run
+from lmmixup.workflows.plan import (
+    PLAN_FILE,
+    against_plan,
+    plan_run,
+    read_plan,
+    scan_pool,
+    write_plan,
+)
 
 _DECLARED = {spec.name: spec for spec in (IMPORT, RATE, SPLIT, CLUSTER, DISTILL, RERATE, SELECT)}
 STAGES: list[StageSpec] = [_DECLARED[name] for name in PIPELINE_ORDER]
@@ -40,14 +49,16 @@ def demo_config() -> dict:
 
 def run_pipeline(cfg: RunConfig, run_dir: str | Path, force: bool = False) -> dict:
     """Run every stage in order (skipping finished ones) and write `summary.json`, holding
-    the run directory's lock: a second process on the same run directory is refused."""
-    with run_dir_lock(run_dir):
+    the run directory's lock: a second process on the same run directory is refused. The
+    per-record stages run with the executor `cfg.executor` names (local, or a Ray cluster)."""
+    with run_dir_lock(run_dir), using(executor_for(cfg.executor)):
         return _run_stages(cfg, Path(run_dir), force)
 
 
 def _run_stages(cfg: RunConfig, run_dir: Path, force: bool) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(run_dir / "config.yaml", to_yaml(cfg))
+    plan = _the_plan(cfg, run_dir)
     outputs: dict[str, dict[str, Path]] = {}
     results: list[StageResult] = []
     for stage in STAGES:
@@ -64,6 +75,10 @@ def _run_stages(cfg: RunConfig, run_dir: Path, force: bool) -> dict:
         outputs[stage.name] = {key: result.path / name for key, name in stage.outputs.items()}
         results.append(result)
     summary = run_summary(run_dir, results, outputs)
+    summary["plan"] = {
+        "file": str(run_dir / PLAN_FILE),
+        "against": against_plan(plan, summary["stages"]),
+    }
     # what the outputs say about the result (judge, high bar, yield, mix, budget): printed
     # by `lmmixup run` and shown at the top of the report
     summary["warnings"] = [warning.as_dict() for warning in check_run(run_dir)]
@@ -73,6 +88,18 @@ def _run_stages(cfg: RunConfig, run_dir: Path, force: bool) -> dict:
     write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=2))
     write_report(run_dir)  # after summary.json: a report error loses none of the run's files
     return summary
+
+
+def _the_plan(cfg: RunConfig, run_dir: Path) -> dict:
+    """The run's plan: the one saved in the run directory (by `lmmixup plan --run-dir`, `run
+    --dry-run` or an earlier start of this run), else a new one with estimated tokens (no
+    tokenizer loads, no throughput), saved there."""
+    saved = read_plan(run_dir)
+    if saved is not None:
+        return saved
+    plan = plan_run(cfg, scan_pool(cfg.import_), use_tokenizer=False)
+    write_plan(run_dir, plan)
+    return plan.as_dict()
 
 
 def load_run_config(path: str | Path | None, overrides: list[str]) -> RunConfig:

@@ -8,9 +8,12 @@ from typing import Annotated
 import typer
 
 from lmmixup.cli.options import (
-    JudgeBackendOpt,
     SetOpt,
+    backend_opt,
+    base_url_opt,
+    keyed,
     load_section,
+    model_opt,
     overrides,
     section_config_opt,
 )
@@ -23,6 +26,9 @@ eval_app = typer.Typer(
 
 EvalConfigOpt = section_config_opt("eval")
 DownstreamConfigOpt = section_config_opt("downstream")
+JudgeModelOpt = model_opt("Judge model [bundled:smollm2-135m-instruct]", "eval.judge.model")
+JudgeBackendOpt = backend_opt("Judge backend", "eval.judge.backend")
+JudgeBaseUrlOpt = base_url_opt("eval.judge.base_url")
 
 
 @eval_app.callback()
@@ -38,7 +44,7 @@ def eval_group() -> None:
     "--test mixture/grpo_test.jsonl -o runs/eval --limit 50 "
     "--set rewards.quality_library=quality-library\n\n"
     "    lmmixup eval distiller runs/distiller/grpo/final --test mixture/grpo_test.jsonl -o runs/eval "
-    "--judge-backend openai --judge-base-url http://localhost:8000/v1 --judge my-judge "
+    "--judge-backend openai --judge-base-url http://localhost:8000/v1 --judge-model my-judge "
     "--judge-mode generate",
 )
 def distiller(
@@ -54,22 +60,26 @@ def distiller(
     ],
     config: EvalConfigOpt = None,
     sets: SetOpt = None,
-    limit: Annotated[int | None, typer.Option(help="Only the first N test records.")] = None,
-    judge: Annotated[
-        str | None, typer.Option(help="Judge model [bundled:smollm2-135m-instruct].")
+    limit: Annotated[
+        int | None, typer.Option(help=keyed("eval.limit", "Only the first N test records."))
     ] = None,
+    judge_model: JudgeModelOpt = None,
     judge_backend: JudgeBackendOpt = None,
-    judge_base_url: Annotated[
-        str | None, typer.Option(help="openai judge backend: server URL.")
-    ] = None,
+    judge_base_url: JudgeBaseUrlOpt = None,
     judge_mode: Annotated[
         str | None,
         typer.Option(
-            help="logprob (hf judges) | generate | auto [auto: logprob for hf, generate for servers]."
+            help=keyed(
+                "eval.judge_mode",
+                "logprob (hf judges) | generate | auto [auto: logprob for hf, generate for servers].",
+            )
         ),
     ] = None,
     quality_library: Annotated[
-        str | None, typer.Option(help="kNN-Bayes library for the quality reward.")
+        str | None,
+        typer.Option(
+            help=keyed("eval.rewards.quality_library", "kNN-Bayes library for the quality reward.")
+        ),
     ] = None,
 ) -> None:
     """Generate with each model on the test records (greedy, the distiller's prompt) and compare:
@@ -79,7 +89,7 @@ def distiller(
 
     flags = {
         "limit": limit,
-        "judge.model": judge,
+        "judge.model": judge_model,
         "judge.backend": judge_backend,
         "judge.base_url": judge_base_url,
         "judge_mode": judge_mode,
@@ -119,25 +129,48 @@ def downstream(
             help="Models to evaluate: MODEL or LABEL=MODEL (a checkpoint path or bundled name)."
         ),
     ],
-    output: Annotated[
+    output_dir: Annotated[
         Path | None,
-        typer.Option("--output", "-o", help="Folder for models/*.json, results.json and .md."),
+        typer.Option(
+            "--output-dir",
+            "-o",
+            help=keyed("downstream.output_dir", "Folder for models/*.json, results.json and .md."),
+        ),
     ] = None,
     config: DownstreamConfigOpt = None,
     sets: SetOpt = None,
     tasks: Annotated[
         str | None,
-        typer.Option(help="Comma-separated lm-eval tasks or task YAML paths [the shipped suite]."),
+        typer.Option(
+            help=keyed(
+                "downstream.tasks",
+                "Comma-separated lm-eval tasks or task YAML paths [the shipped suite].",
+            )
+        ),
     ] = None,
     heldout: Annotated[
-        Path | None, typer.Option(help="Held-out prompt/completion JSONL for lmmixup_heldout.")
+        Path | None,
+        typer.Option(
+            help=keyed(
+                "downstream.heldout", "Held-out prompt/completion JSONL for lmmixup_heldout."
+            )
+        ),
     ] = None,
-    limit: Annotated[int | None, typer.Option(help="Only the first N items per task.")] = None,
+    limit: Annotated[
+        int | None, typer.Option(help=keyed("downstream.limit", "Only the first N items per task."))
+    ] = None,
     num_fewshot: Annotated[
-        int | None, typer.Option(help="Override the tasks' number of shots.")
+        int | None,
+        typer.Option(help=keyed("downstream.num_fewshot", "Override the tasks' number of shots.")),
     ] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Requests per forward pass [8].")] = None,
-    dtype: Annotated[str | None, typer.Option(help="auto | bfloat16 | float32 [auto].")] = None,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(help=keyed("downstream.batch_size", "Requests per forward pass [8].")),
+    ] = None,
+    dtype: Annotated[
+        str | None,
+        typer.Option(help=keyed("downstream.dtype", "auto | bfloat16 | float32 [auto].")),
+    ] = None,
 ) -> None:
     """Run lm-evaluation-harness tasks on each model and compare them in one table (rows = models,
     columns = each task's primary metric and their average). Each model's results are saved as
@@ -148,7 +181,7 @@ def downstream(
     flags = {
         "tasks": [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None,
         "heldout": str(heldout) if heldout else None,
-        "output_dir": str(output) if output else None,
+        "output_dir": str(output_dir) if output_dir else None,
         "limit": limit,
         "num_fewshot": num_fewshot,
         "batch_size": batch_size,

@@ -8,13 +8,23 @@ from typing import Annotated
 
 import typer
 
-from lmmixup.cli.options import MaxStepsOpt, SetOpt, load_section, overrides, section_config_opt
+from lmmixup.cli.options import (
+    FormatOpt,
+    MessagesOpt,
+    SetOpt,
+    keyed,
+    load_section,
+    max_steps_opt,
+    overrides,
+    section_config_opt,
+)
 from lmmixup.errors import LmmixupError
 from lmmixup.stages.decontaminate import DEFAULT_N, MIN_WORDS
 
 finetune_app = typer.Typer(rich_markup_mode="markdown")
 
 FinetuneConfigOpt = section_config_opt("finetune")
+FinetuneMaxStepsOpt = max_steps_opt("finetune.max_steps")
 AGAINST_HELP = "Evaluation data as NAME=FILE.jsonl (repeatable); text fields: question, prompt, answer, completion, text."
 
 
@@ -45,19 +55,27 @@ def finetune(
         typer.Argument(help="Training set: prompt/completion JSONL (e.g. from `lmmixup select`)."),
     ] = None,
     model: Annotated[
-        str | None, typer.Option(help="Model to tune: checkpoint path or bundled name.")
+        str | None,
+        typer.Option(
+            help=keyed("finetune.model", "Model to tune: checkpoint path or bundled name.")
+        ),
     ] = None,
     output_dir: Annotated[
         str | None,
         typer.Option(
-            "--output-dir", "-o", help="Checkpoints, rejects, summary.json, OUTPUT/final."
+            "--output-dir",
+            "-o",
+            help=keyed("finetune.output_dir", "Checkpoints, rejects, summary.json, OUTPUT/final."),
         ),
     ] = None,
     config: FinetuneConfigOpt = None,
     sets: SetOpt = None,
-    max_steps: MaxStepsOpt = None,
+    max_steps: FinetuneMaxStepsOpt = None,
     against: Annotated[
-        list[str] | None, typer.Option("--decontaminate-against", help=AGAINST_HELP)
+        list[str] | None,
+        typer.Option(
+            "--decontaminate-against", help=keyed("finetune.decontaminate_against", AGAINST_HELP)
+        ),
     ] = None,
 ) -> None:
     """LoRA fine-tune (rank 64, alpha 16, lr 1e-4, linear schedule, 3% warmup) of a model on a
@@ -86,17 +104,26 @@ def finetune(
     "decontaminate",
     epilog="Examples:\n\n    lmmixup decontaminate train.jsonl --against gsm8k=gsm8k_test.jsonl -o clean.jsonl\n\n"
     "    lmmixup decontaminate train.jsonl --against gsm8k=gsm8k_test.jsonl "
-    "--against heldout=heldout.jsonl -o clean.jsonl --n 8",
+    "--against heldout=heldout.jsonl -o clean.jsonl --n 8\n\n"
+    "    lmmixup decontaminate train.parquet --against gsm8k=gsm8k_test.jsonl -o clean.parquet",
 )
 def decontaminate(
-    train: Annotated[Path, typer.Argument(help="Training set: prompt/completion JSONL.")],
+    train: Annotated[
+        Path,
+        typer.Argument(help="Training set: prompt/completion JSONL, Parquet or dataset folder."),
+    ],
     against: Annotated[list[str], typer.Option(help=AGAINST_HELP)],
     output: Annotated[
         Path,
         typer.Option(
-            "--output", "-o", help="Kept rows (JSONL); dropped ones go to OUTPUT.rejects.jsonl."
+            "--output",
+            "-o",
+            help="Kept rows: NAME.jsonl, NAME.parquet or a dataset folder; dropped ones go to "
+            "NAME.rejects.jsonl.",
         ),
     ],
+    output_format: FormatOpt = None,
+    messages: MessagesOpt = False,
     n: Annotated[int, typer.Option(help="Words per n-gram.")] = DEFAULT_N,
     min_words: Annotated[
         int,
@@ -106,6 +133,7 @@ def decontaminate(
     """Drop training rows that share a word n-gram (casing and punctuation ignored) with the
     evaluation data, and print how many rows overlap each task. Bad lines and dropped rows
     (with the tasks and the matched n-gram) go to OUTPUT.rejects.jsonl."""
+    from lmmixup.io.formats import RecordOutput
     from lmmixup.io.jsonl import write_records
     from lmmixup.io.outputs import check_outputs
     from lmmixup.runtime.runner import rejects_beside
@@ -115,11 +143,12 @@ def decontaminate(
 
     against_files = named_files(against, "--against")
     rejects = rejects_beside(output)
-    check_outputs([train, *against_files.values()], [output, rejects], records=[output])
+    out = RecordOutput.of(output, output_format, messages)
+    check_outputs([train, *against_files.values()], [output, rejects])
     eval_sets = read_eval_sets(against_files)
     data = read_training_set(train)
     kept, dropped, report = split_rows(data.rows, eval_sets, n, min_words)
-    write_records(output, kept)
+    out.write(kept)
     write_records(rejects, data.rejects + dropped)
     for line in report.lines():
         typer.echo(line)

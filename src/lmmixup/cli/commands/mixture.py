@@ -9,13 +9,15 @@ from typing import Annotated
 import typer
 
 from lmmixup.cli.options import (
-    BaseUrlOpt,
-    ConfigOpt,
     SetOpt,
     backend_opt,
+    base_url_opt,
     in_section,
+    keyed,
+    load_section,
     model_opt,
     overrides,
+    section_config_opt,
 )
 
 mixture_app = typer.Typer(
@@ -24,8 +26,12 @@ mixture_app = typer.Typer(
 )
 
 
-DegraderBackendOpt = backend_opt("Model that writes degraded variants too")
-DegraderModelOpt = model_opt("That model")
+DegraderBackendOpt = backend_opt(
+    "Model that writes degraded variants too", "mixture.degrader.backend"
+)
+DegraderModelOpt = model_opt("That model", "mixture.degrader.model")
+DegraderBaseUrlOpt = base_url_opt("mixture.degrader.base_url")
+MixtureConfigOpt = section_config_opt("mixture")
 
 
 @mixture_app.callback()
@@ -53,23 +59,34 @@ def build(
             help="High-quality seed samples: pool files or built-in sources (gsm8k, sharegpt) [gsm8k sharegpt]."
         ),
     ] = None,
-    config: ConfigOpt = None,
+    config: MixtureConfigOpt = None,
     sets: SetOpt = None,
     max_examples: Annotated[
-        int | None, typer.Option(help="Build at most this many records.")
+        int | None,
+        typer.Option(help=keyed("mixture.max_examples", "Build at most this many records.")),
     ] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed for every random choice [0].")] = None,
+    seed: Annotated[
+        int | None, typer.Option(help=keyed("mixture.seed", "Seed for every random choice [0]."))
+    ] = None,
     no_embed: Annotated[
         bool,
         typer.Option(
-            "--no-embed", help="Find similar seeds by shared words instead of a sentence embedder."
+            "--no-embed",
+            help=keyed(
+                "mixture.embedder",
+                "Find similar seeds by shared words instead of a sentence embedder "
+                "(embedder: lexical).",
+            ),
         ),
     ] = False,
     backend: DegraderBackendOpt = None,
     model: DegraderModelOpt = None,
-    base_url: BaseUrlOpt = None,
+    base_url: DegraderBaseUrlOpt = None,
     llm_fraction: Annotated[
-        float | None, typer.Option(help="Share of the variants the model writes [0.5].")
+        float | None,
+        typer.Option(
+            help=keyed("mixture.llm_fraction", "Share of the variants the model writes [0.5].")
+        ),
     ] = None,
 ) -> None:
     """Degrade high-quality seeds into clusters of low-quality variants, each paired with its
@@ -81,7 +98,6 @@ def build(
     With --backend/--model a model writes a share of the variants; its failures are counted
     in the card and replaced by rule-based variants.
     """
-    from lmmixup.config import load_config
     from lmmixup.io.outputs import check_outputs, run_dir_lock
     from lmmixup.mixture import LEXICAL, REJECTS_FILE, SPLITS, MixtureConfig, build_mixture
 
@@ -93,7 +109,7 @@ def build(
         llm_fraction=llm_fraction,
         embedder=LEXICAL if no_embed else None,
     )
-    cfg = load_config(MixtureConfig, config, overrides(sets, **degrader, **flags))
+    cfg = load_section(MixtureConfig, config, "mixture", overrides(sets, **degrader, **flags))
     written = [output / f"{split}.jsonl" for split in SPLITS]
     written += [output / "card.json", output / "card.md", output / REJECTS_FILE]
     check_outputs([spec.path for spec in cfg.seeds], written)

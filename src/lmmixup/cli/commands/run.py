@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -12,10 +13,16 @@ from lmmixup.cli.options import ForceStagesOpt, SetOpt
 run_app = typer.Typer(rich_markup_mode="markdown")
 
 
+class ExecutorKind(StrEnum):
+    local = "local"
+    ray = "ray"
+
+
 @run_app.command(
     epilog="Examples:\n\n    lmmixup run                      # the bundled demo, into runs/demo\n\n"
     "    lmmixup run my.yaml --run-dir runs/exp1\n\n"
-    "    lmmixup run my.yaml --run-dir runs/exp1 --set select.budget=2000 --force"
+    "    lmmixup run my.yaml --run-dir runs/exp1 --set select.budget=2000 --force\n\n"
+    "    lmmixup run my.yaml --run-dir runs/exp1 --executor ray --ray-address 10.0.0.5:6379"
 )
 def run(
     config: Annotated[
@@ -27,11 +34,44 @@ def run(
     ] = Path("runs/demo"),
     sets: SetOpt = None,
     force: ForceStagesOpt = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Print the plan (model calls, tokens; `lmmixup plan` takes throughputs), "
+            "save it in the run directory, and stop.",
+        ),
+    ] = False,
+    executor: Annotated[
+        ExecutorKind | None,
+        typer.Option(
+            "--executor",
+            help="Where per-record stages run: local (this process) or ray (a Ray cluster's "
+            "actor pools); default: the config's executor.kind.",
+        ),
+    ] = None,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            "--ray-address",
+            help="The Ray cluster's address as `ray start --head` prints it (implies "
+            "--executor ray); default: the config's executor.address.",
+        ),
+    ] = None,
 ) -> None:
     """Run the whole pipeline; finished stages are skipped, interrupted ones resume."""
     from lmmixup.workflows.pipeline import load_run_config, run_pipeline
 
     cfg = load_run_config(config, sets or [])
+    if ray_address is not None:
+        cfg.executor.kind, cfg.executor.address = "ray", ray_address
+    if executor is not None:
+        cfg.executor.kind = executor.value
+    if dry_run:
+        from lmmixup.cli.commands.plan import show_plan
+
+        show_plan(cfg, {}, None, 0.5, run_dir)
+        return
     summary = run_pipeline(cfg, run_dir, force=force)
     _print_summary(summary)
 
@@ -71,6 +111,9 @@ def _print_summary(summary: dict) -> None:
         table.add_row(name, status, headline, f"{stage['seconds'] or 0:.1f}")
     console = Console()
     console.print(table)
+    from lmmixup.cli.commands.plan import print_against_plan
+
+    print_against_plan(summary.get("plan", {}).get("against", []), console)
     outputs = summary["outputs"]
     if "select.train" in outputs:
         console.print(

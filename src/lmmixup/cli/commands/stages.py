@@ -12,23 +12,37 @@ from typing import Annotated
 import typer
 
 from lmmixup.cli.options import (
-    BaseUrlOpt,
-    ConfigOpt,
-    EmbedderOpt,
     ForceOpt,
-    JudgeBackendOpt,
+    FormatOpt,
+    MessagesOpt,
     SetOpt,
     backend_opt,
+    base_url_opt,
+    concurrency_opt,
+    embedder_opt,
     in_section,
+    keyed,
+    load_section,
     model_opt,
     overrides,
+    section_config_opt,
 )
 
 stages_app = typer.Typer(rich_markup_mode="markdown")
 
-JudgeModelOpt = model_opt("Judge model")
-DistillerBackendOpt = backend_opt("Distiller backend")
-DistillerModelOpt = model_opt("Distiller")
+JudgeBackendOpt = backend_opt("Judge backend", "rate.judge.backend")
+JudgeModelOpt = model_opt("Judge model", "rate.judge.model")
+DistillerBackendOpt = backend_opt("Distiller backend", "distill.generator.backend")
+DistillerModelOpt = model_opt("Distiller", "distill.generator.model")
+RateConfigOpt = section_config_opt("rate")
+SplitConfigOpt = section_config_opt("split")
+ClusterConfigOpt = section_config_opt("cluster")
+ClusterEmbedderOpt = embedder_opt("cluster.embedder")
+DistillConfigOpt = section_config_opt("distill")
+DistillerBaseUrlOpt = base_url_opt("distill.generator.base_url")
+JudgeConcurrencyOpt = concurrency_opt("rate.judge.concurrency")
+DistillerConcurrencyOpt = concurrency_opt("distill.generator.concurrency")
+SelectConfigOpt = section_config_opt("select")
 
 
 def _file_stage(output: Path, name: str, inputs: list[Path], section, body, force: bool) -> dict:
@@ -56,42 +70,69 @@ def _file_stage(output: Path, name: str, inputs: list[Path], section, body, forc
 def rate(
     pool: Annotated[Path, typer.Argument(help="Pool records (JSONL).")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Rated records (JSONL).")],
-    config: ConfigOpt = None,
+    config: RateConfigOpt = None,
     sets: SetOpt = None,
     backend: JudgeBackendOpt = None,
     model: JudgeModelOpt = None,
     base_url: Annotated[
-        str | None, typer.Option(help="openai backend: server URL, e.g. http://localhost:8000/v1.")
+        str | None,
+        typer.Option(
+            help=keyed(
+                "rate.judge.base_url", "openai backend: server URL, e.g. http://localhost:8000/v1."
+            )
+        ),
     ] = None,
     api_key_env: Annotated[
-        str | None, typer.Option(help="openai backend: variable holding the key [OPENAI_API_KEY].")
+        str | None,
+        typer.Option(
+            help=keyed(
+                "rate.judge.api_key_env",
+                "openai backend: variable holding the key [OPENAI_API_KEY].",
+            )
+        ),
     ] = None,
-    concurrency: Annotated[
-        int | None, typer.Option(help="openai backend: requests in flight.")
-    ] = None,
+    concurrency: JudgeConcurrencyOpt = None,
     max_requests: Annotated[
-        int | None, typer.Option(help="openai backend: stop cleanly after this many requests.")
+        int | None,
+        typer.Option(
+            help=keyed(
+                "rate.judge.max_requests", "openai backend: stop cleanly after this many requests."
+            )
+        ),
     ] = None,
     batch_size: Annotated[
-        int | None, typer.Option(help="hf backend: prompts per forward pass.")
+        int | None,
+        typer.Option(help=keyed("rate.judge.batch_size", "hf backend: prompts per forward pass.")),
     ] = None,
     mode: Annotated[
         str | None,
         typer.Option(
-            help="logprob (hf only; one forward pass) | generate | auto (logprob for hf, "
-            "generate for a server) [auto]."
+            help=keyed(
+                "rate.mode",
+                "logprob (hf: one forward pass; openai: the server's top logprobs) | generate | "
+                "auto (logprob for hf and for a server that gives logprobs, else generate) [auto].",
+            )
         ),
     ] = None,
-    method: Annotated[str | None, typer.Option(help="judge | knn (score with --library).")] = None,
+    method: Annotated[
+        str | None, typer.Option(help=keyed("rate.method", "judge | knn (score with --library)."))
+    ] = None,
     library: Annotated[
-        str | None, typer.Option(help="kNN-Bayes library folder for --method knn.")
+        str | None,
+        typer.Option(help=keyed("rate.library", "kNN-Bayes library folder for --method knn.")),
     ] = None,
     propagate: Annotated[
-        float | None, typer.Option(help="Judge this fraction; score the rest with kNN-Bayes.")
+        float | None,
+        typer.Option(
+            help=keyed("rate.propagate", "Judge this fraction; score the rest with kNN-Bayes.")
+        ),
     ] = None,
     curate: Annotated[
         bool | None,
-        typer.Option("--curate/--no-curate", help="Flag ratings their neighbourhood contradicts."),
+        typer.Option(
+            "--curate/--no-curate",
+            help=keyed("rate.curate", "Flag ratings their neighbourhood contradicts."),
+        ),
     ] = None,
     force: ForceOpt = False,
 ) -> None:
@@ -100,10 +141,11 @@ def rate(
     A rating that fails is recorded as `rating: null` with `rating_error`, never as a default
     score; running the same command again retries only the failures and the unrated rest.
     """
-    from lmmixup.config import RateConfig, load_config
+    from lmmixup.config import RateConfig
     from lmmixup.io.cache import CallCache
     from lmmixup.io.validate import POOL_RECORD, check_file
     from lmmixup.runtime.runner import rejects_beside
+    from lmmixup.stages.failures import rate_failures
     from lmmixup.stages.judge import MAX_JUDGED_CHARS, TRUNCATED_KEY
     from lmmixup.stages.rate import rate_pool
 
@@ -118,7 +160,7 @@ def rate(
         batch_size=batch_size,
     )
     flags = dict(mode=mode, method=method, library=library, propagate=propagate, curate=curate)
-    cfg = load_config(RateConfig, config, overrides(sets, **judge, **flags))
+    cfg = load_section(RateConfig, config, "rate", overrides(sets, **judge, **flags))
     check_file(pool, POOL_RECORD)
 
     def body(stage) -> None:
@@ -142,6 +184,9 @@ def rate(
         )
     if "agreement" in counts:
         typer.echo(f"kNN-Bayes agreement with the judge on held-out samples: {counts['agreement']}")
+    if counts.get("judge_mode_note"):
+        typer.echo(counts["judge_mode_note"])
+    _exit_loudly(rate_failures(counts))
 
 
 @stages_app.command(
@@ -152,21 +197,23 @@ def split(
     rated: Annotated[Path, typer.Argument(help="Rated records (JSONL).")],
     high: Annotated[Path, typer.Option(help="Output: high-quality records.")],
     low: Annotated[Path, typer.Option(help="Output: low-quality records.")],
-    config: ConfigOpt = None,
+    config: SplitConfigOpt = None,
     sets: SetOpt = None,
-    threshold: Annotated[int | None, typer.Option(help="High <=> score >= threshold [4].")] = None,
+    threshold: Annotated[
+        int | None, typer.Option(help=keyed("split.threshold", "High <=> score >= threshold [4]."))
+    ] = None,
     high_fraction: Annotated[
-        float | None, typer.Option(help="Take this top fraction as high instead.")
+        float | None,
+        typer.Option(help=keyed("split.high_fraction", "Take this top fraction as high instead.")),
     ] = None,
 ) -> None:
     """Split rated records into high and low quality; failed ratings go to unrated.jsonl."""
-    from lmmixup.config import SplitConfig, load_config
+    from lmmixup.config import SplitConfig
     from lmmixup.io.outputs import claim_outputs
     from lmmixup.stages.split import split_file, unrated_path
 
-    cfg = load_config(
-        SplitConfig, config, overrides(sets, threshold=threshold, high_fraction=high_fraction)
-    )
+    flags = dict(threshold=threshold, high_fraction=high_fraction)
+    cfg = load_section(SplitConfig, config, "split", overrides(sets, **flags))
     written = [high, low, unrated_path(low)]
     with claim_outputs([rated], written, records=written):
         counts = split_file(rated, high, low, cfg)
@@ -191,22 +238,36 @@ def cluster(
         Path, typer.Argument(help="Records to cluster (JSONL), e.g. the low-quality split.")
     ],
     output: Annotated[Path, typer.Option("--output", "-o", help="Cluster records (JSONL).")],
-    config: ConfigOpt = None,
+    config: ClusterConfigOpt = None,
     sets: SetOpt = None,
-    min_size: Annotated[int | None, typer.Option(help="Smallest cluster [2].")] = None,
-    max_size: Annotated[int | None, typer.Option(help="Largest cluster [25].")] = None,
-    mean_size: Annotated[float | None, typer.Option(help="Mean drawn cluster size [10].")] = None,
-    std_size: Annotated[float | None, typer.Option(help="Std of drawn cluster sizes [3].")] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed for sizes and k-means [0].")] = None,
+    min_size: Annotated[
+        int | None, typer.Option(help=keyed("cluster.min_size", "Smallest cluster [2]."))
+    ] = None,
+    max_size: Annotated[
+        int | None, typer.Option(help=keyed("cluster.max_size", "Largest cluster [25]."))
+    ] = None,
+    mean_size: Annotated[
+        float | None, typer.Option(help=keyed("cluster.mean_size", "Mean drawn cluster size [10]."))
+    ] = None,
+    std_size: Annotated[
+        float | None,
+        typer.Option(help=keyed("cluster.std_size", "Std of drawn cluster sizes [3].")),
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option(help=keyed("cluster.seed", "Seed for sizes and k-means [0]."))
+    ] = None,
     per_source: Annotated[
         bool | None,
-        typer.Option("--per-source/--all-sources", help="Cluster each source separately."),
+        typer.Option(
+            "--per-source/--no-per-source",
+            help=keyed("cluster.per_source", "Cluster each source separately."),
+        ),
     ] = None,
-    embedder: EmbedderOpt = None,
+    embedder: ClusterEmbedderOpt = None,
     force: ForceOpt = False,
 ) -> None:
     """Group records into clusters of pre-drawn sizes (capacity-constrained, k-means centres)."""
-    from lmmixup.config import ClusterConfig, load_config
+    from lmmixup.config import ClusterConfig
     from lmmixup.io.validate import POOL_RECORD, check_file
     from lmmixup.runtime.runner import rejects_beside
     from lmmixup.stages.cluster import cluster_file
@@ -220,7 +281,7 @@ def cluster(
         "per_source": per_source,
         "embedder": embedder,
     }
-    cfg = load_config(ClusterConfig, config, overrides(sets, **flags))
+    cfg = load_section(ClusterConfig, config, "cluster", overrides(sets, **flags))
     check_file(low, POOL_RECORD)
     counts = _file_stage(
         output,
@@ -259,7 +320,7 @@ def cluster(
     epilog="Examples:\n\n    lmmixup distill clusters.jsonl --pool low.jsonl -o distilled.jsonl\n\n"
     "    lmmixup distill clusters.jsonl --pool low.jsonl -o distilled.jsonl --model runs/distiller/final\n\n"
     "    lmmixup distill clusters.jsonl --pool low.jsonl -o distilled.jsonl --backend openai "
-    "--base-url http://localhost:8000/v1 --model my-distiller"
+    "--base-url http://localhost:8000/v1 --model my-distiller --concurrency 64"
 )
 def distill(
     clusters: Annotated[
@@ -267,18 +328,28 @@ def distill(
     ],
     pool: Annotated[Path, typer.Option(help="The records the clusters' member_ids refer to.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Distilled records (JSONL).")],
-    config: ConfigOpt = None,
+    config: DistillConfigOpt = None,
     sets: SetOpt = None,
     backend: DistillerBackendOpt = None,
     model: DistillerModelOpt = None,
-    base_url: BaseUrlOpt = None,
-    batch_size: Annotated[int | None, typer.Option(help="Clusters per generate call.")] = None,
-    max_new_tokens: Annotated[
-        int | None, typer.Option(help="Tokens per distillation [512].")
+    base_url: DistillerBaseUrlOpt = None,
+    concurrency: DistillerConcurrencyOpt = None,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(
+            help=keyed("distill.generator.batch_size", "hf/vllm backend: clusters per call.")
+        ),
     ] = None,
-    temperature: Annotated[float | None, typer.Option(help="0 = greedy [0].")] = None,
+    max_new_tokens: Annotated[
+        int | None,
+        typer.Option(help=keyed("distill.max_new_tokens", "Tokens per distillation [512].")),
+    ] = None,
+    temperature: Annotated[
+        float | None, typer.Option(help=keyed("distill.temperature", "0 = greedy [0]."))
+    ] = None,
     repetition_penalty: Annotated[
-        float | None, typer.Option(help="Repetition penalty [1.05].")
+        float | None,
+        typer.Option(help=keyed("distill.repetition_penalty", "Repetition penalty [1.05].")),
     ] = None,
     force: ForceOpt = False,
 ) -> None:
@@ -287,42 +358,66 @@ def distill(
     Outputs that do not parse, copy one member, drift from the cluster or are truncated go to
     the rejects file with the reason. Interrupted runs resume at the next cluster.
     """
-    from lmmixup.config import DistillConfig, load_config
+    from lmmixup.config import DistillConfig
     from lmmixup.io.cache import CallCache
     from lmmixup.runtime.runner import rejects_beside
-    from lmmixup.stages.distill import distill_clusters, read_distill_inputs
+    from lmmixup.stages.distill import GENERATION_ERROR, distill_clusters, read_distill_inputs
+    from lmmixup.stages.failures import distill_failures
 
     generator = in_section(
-        "generator", backend=backend, model=model, base_url=base_url, batch_size=batch_size
+        "generator",
+        backend=backend,
+        model=model,
+        base_url=base_url,
+        concurrency=concurrency,
+        batch_size=batch_size,
     )
     flags = dict(
         max_new_tokens=max_new_tokens,
         temperature=temperature,
         repetition_penalty=repetition_penalty,
     )
-    cfg = load_config(DistillConfig, config, overrides(sets, **generator, **flags))
+    cfg = load_section(DistillConfig, config, "distill", overrides(sets, **generator, **flags))
     read_distill_inputs(clusters, pool, allow_empty=False)
 
     def body(stage) -> None:
-        stage.counts.update(
-            distill_clusters(clusters, pool, output, rejects_beside(output), cfg, CallCache())
-        )
+        counts = distill_clusters(clusters, pool, output, rejects_beside(output), cfg, CallCache())
+        stage.counts.update(counts)
+        failed = counts["reject_reasons"].get(GENERATION_ERROR, 0)
+        if failed:  # retried by the next run of the same command
+            stage.partial = f"{failed} clusters failed in the distiller"
 
     counts = _file_stage(output, "distill", [clusters, pool], cfg, body, force)
     typer.echo(f"distilled {counts.get('distilled', 0):,} clusters -> {output}")
     typer.echo(f"rejected: {counts.get('reject_reasons', {})} -> {rejects_beside(output)}")
+    _exit_loudly(distill_failures(counts, GENERATION_ERROR))
+
+
+def _exit_loudly(note) -> None:
+    """A note on failed model calls (`stages.failures`) on stderr, then exit code 1."""
+    if note is not None:
+        typer.echo(f"warning: {note.message}\n  what to do: {note.advice}", err=True)
+        raise typer.Exit(1)
 
 
 @stages_app.command(
     epilog="Examples:\n\n    lmmixup select --original high.jsonl --mixup distilled.jsonl -o train.jsonl --budget 10000 --mixup-ratio 0.3\n\n"
     "    lmmixup select --baseline random --pool rated.jsonl -o random.jsonl --budget 10000\n\n"
     "    lmmixup select --baseline ds2-like --pool rated.jsonl -o ds2.jsonl --budget 10000\n\n"
-    "    lmmixup select --baseline high-only --pool rated.jsonl --high high.jsonl -o high.train.jsonl"
+    "    lmmixup select --baseline high-only --pool rated.jsonl --high high.jsonl -o high.train.jsonl\n\n"
+    "    lmmixup select --original high.jsonl --mixup distilled.jsonl -o train.parquet --messages  # TRL's conversational format"
 )
 def select(
     output: Annotated[
-        Path, typer.Option("--output", "-o", help="Training set (prompt/completion JSONL).")
+        Path,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Training set: NAME.jsonl, NAME.parquet, or a folder (saved HF dataset).",
+        ),
     ],
+    output_format: FormatOpt = None,
+    messages: MessagesOpt = False,
     original: Annotated[
         Path | None, typer.Option(help="High-quality original records (rated).")
     ] = None,
@@ -342,14 +437,23 @@ def select(
             help="The split's high part: high-only, low-only and high-low take their bands from it instead of score >= 4."
         ),
     ] = None,
-    config: ConfigOpt = None,
+    config: SelectConfigOpt = None,
     sets: SetOpt = None,
-    budget: Annotated[int | None, typer.Option(help="Rows in the training set.")] = None,
+    budget: Annotated[
+        int | None, typer.Option(help=keyed("select.budget", "Rows in the training set."))
+    ] = None,
     mixup_ratio: Annotated[
         str | None,
-        typer.Option(help="Distilled share of the budget: 0.3, or 3:7 (distilled:original)."),
+        typer.Option(
+            help=keyed(
+                "select.mixup_ratio",
+                "Distilled share of the budget: 0.3, or 3:7 (distilled:original).",
+            )
+        ),
     ] = None,
-    seed: Annotated[int | None, typer.Option(help="Shuffle seed [42].")] = None,
+    seed: Annotated[
+        int | None, typer.Option(help=keyed("select.seed", "Shuffle seed [42]."))
+    ] = None,
     allow_short: Annotated[
         bool,
         typer.Option(
@@ -362,8 +466,9 @@ def select(
     When one side has too few candidates, the other side fills the gap (flagged in the
     .why.jsonl file and reported); with too few in total it stops unless --allow-short.
     """
-    from lmmixup.config import SelectConfig, load_config
+    from lmmixup.config import SelectConfig
     from lmmixup.errors import LmmixupError
+    from lmmixup.io.formats import RecordOutput
     from lmmixup.io.outputs import check_outputs
     from lmmixup.stages.select import BASELINES, select_baseline, select_files, why_path
 
@@ -372,20 +477,20 @@ def select(
         from lmmixup.method.selection import parse_ratio
 
         ratio = parse_ratio(mixup_ratio)
-    cfg = load_config(
-        SelectConfig, config, overrides(sets, budget=budget, mixup_ratio=ratio, seed=seed)
-    )
+    flags = dict(budget=budget, mixup_ratio=ratio, seed=seed)
+    cfg = load_section(SelectConfig, config, "select", overrides(sets, **flags))
     inputs = [path for path in (original, mixup, pool, high) if path is not None]
-    check_outputs(inputs, [output, why_path(output)], records=[output])
+    out = RecordOutput.of(output, output_format, messages)
+    check_outputs(inputs, [output, why_path(output)])
     if baseline is not None:
         if baseline not in BASELINES or pool is None:
             raise LmmixupError(f"--baseline takes one of {', '.join(BASELINES)} and needs --pool")
-        summary = select_baseline(baseline, pool, output, cfg, high=high, allow_short=allow_short)
+        summary = select_baseline(baseline, pool, out, cfg, high=high, allow_short=allow_short)
     elif original is None or mixup is None:
         raise LmmixupError("give --original and --mixup (or --baseline NAME --pool RATED)")
     else:
         summary = select_files(
-            original, mixup, output, cfg, allow_short=allow_short, allow_empty=False
+            original, mixup, out, cfg, allow_short=allow_short, allow_empty=False
         )
     typer.echo(f"selected {summary['rows']:,} rows -> {output} (why: {why_path(output)})")
     typer.echo(f"by origin: {summary['by_origin']}; by source: {summary['by_source']}")

@@ -9,12 +9,13 @@ from typing import Annotated, Any
 import typer
 
 from lmmixup.cli.options import (
-    ConfigOpt,
     ForceStagesOpt,
-    MaxStepsOpt,
     SetOpt,
+    keyed,
     load_section,
+    max_steps_opt,
     overrides,
+    section_config_opt,
 )
 
 train_app = typer.Typer(
@@ -23,16 +24,37 @@ train_app = typer.Typer(
     rich_markup_mode="markdown",
 )
 
-ModelOpt = Annotated[
-    str | None, typer.Option(help="Starting model: checkpoint path or bundled name.")
-]
-MixtureOpt = Annotated[
-    str | None, typer.Option(help="MIXTURE folder from `lmmixup mixture build`.")
-]
-OutputOpt = Annotated[
-    str | None,
-    typer.Option("--output-dir", "-o", help="Checkpoints, steps.jsonl and OUTPUT/final."),
-]
+
+def _training_opts(section: str) -> tuple:
+    """The flags `train sft` and `train grpo` share, each naming its key in `section`."""
+    return (
+        section_config_opt(section),
+        Annotated[
+            str | None,
+            typer.Option(
+                help=keyed(f"{section}.model", "Starting model: checkpoint path or bundled name.")
+            ),
+        ],
+        Annotated[
+            str | None,
+            typer.Option(
+                help=keyed(f"{section}.mixture", "MIXTURE folder from `lmmixup mixture build`.")
+            ),
+        ],
+        Annotated[
+            str | None,
+            typer.Option(
+                "--output-dir",
+                "-o",
+                help=keyed(f"{section}.output_dir", "Checkpoints, steps.jsonl and OUTPUT/final."),
+            ),
+        ],
+        max_steps_opt(f"{section}.max_steps"),
+    )
+
+
+SftConfigOpt, SftModelOpt, SftMixtureOpt, SftOutputOpt, SftMaxStepsOpt = _training_opts("sft")
+GrpoConfigOpt, GrpoModelOpt, GrpoMixtureOpt, GrpoOutputOpt, GrpoMaxStepsOpt = _training_opts("grpo")
 
 
 @train_app.callback()
@@ -58,12 +80,12 @@ def _report(summary: dict[str, Any]) -> None:
     "    lmmixup train sft -c my.yaml --set lora.enabled=false --set learning_rate=2e-5",
 )
 def sft(
-    config: ConfigOpt = None,
+    config: SftConfigOpt = None,
     sets: SetOpt = None,
-    model: ModelOpt = None,
-    mixture: MixtureOpt = None,
-    output_dir: OutputOpt = None,
-    max_steps: MaxStepsOpt = None,
+    model: SftModelOpt = None,
+    mixture: SftMixtureOpt = None,
+    output_dir: SftOutputOpt = None,
+    max_steps: SftMaxStepsOpt = None,
 ) -> None:
     """Supervised cold start on MIXTURE `sft.jsonl`: the cluster prompt in, the target and EOS out
     (loss on the target only). LoRA by default, merged into OUTPUT/final, which
@@ -84,12 +106,12 @@ def sft(
     "The whole recipe, data to evaluation, is `lmmixup train distiller`.",
 )
 def grpo(
-    config: ConfigOpt = None,
+    config: GrpoConfigOpt = None,
     sets: SetOpt = None,
-    model: ModelOpt = None,
-    mixture: MixtureOpt = None,
-    output_dir: OutputOpt = None,
-    max_steps: MaxStepsOpt = None,
+    model: GrpoModelOpt = None,
+    mixture: GrpoMixtureOpt = None,
+    output_dir: GrpoOutputOpt = None,
+    max_steps: GrpoMaxStepsOpt = None,
 ) -> None:
     """GRPO on MIXTURE `grpo_train.jsonl` with R = 0.5 quality + 0.4 alignment + 0.1 format
     (`rewards.quality_library` must name a library from `lmmixup rewards build-library`).
