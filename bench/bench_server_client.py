@@ -31,37 +31,12 @@ import threading
 import time
 from pathlib import Path
 
-from common import machine_note
+from common import WORDS, machine_note
 
 from lmmixup.io.jsonl import write_records
 
 RATING = '{"rarity": 4, "complexity": 6, "informativeness": 7, "overall": 8}'
 DELAY_S = (0.5, 3.5)
-WORDS = [
-    "apple",
-    "river",
-    "engine",
-    "garden",
-    "planet",
-    "violin",
-    "market",
-    "winter",
-    "copper",
-    "signal",
-    "harbor",
-    "pencil",
-    "forest",
-    "ladder",
-    "rocket",
-    "canyon",
-    "museum",
-    "bridge",
-    "lantern",
-    "meadow",
-    "circuit",
-    "falcon",
-    "glacier",
-]
 
 
 class LatencyServer:

@@ -37,3 +37,33 @@ def machine_note() -> str:
         f"{os.cpu_count()} CPUs, {platform.processor() or platform.machine()}, "
         f"load average {load[0]:.2f}/{load[1]:.2f}/{load[2]:.2f} at the start{busy}"
     )
+
+
+# Words that synthetic benchmark texts are made of.
+WORDS = [
+    "apple",
+    "river",
+    "engine",
+    "garden",
+    "planet",
+    "violin",
+    "market",
+    "winter",
+    "copper",
+    "signal",
+    "harbor",
+    "pencil",
+    "forest",
+    "ladder",
+    "rocket",
+    "canyon",
+    "museum",
+    "bridge",
+    "lantern",
+    "meadow",
+    "circuit",
+    "falcon",
+    "glacier",
+    "theorem",
+    "protein",
+]

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from common import WORDS
 
 
 @dataclass(frozen=True)
@@ -45,33 +46,6 @@ class Sizes:
 
 GPU = Sizes("auto", 100_000, 2048, 24, 16, 5504, 128, 128, 64, "bundled", 16, 4, 128)
 CPU_SMOKE = Sizes("cpu", 500, 64, 2, 4, 128, 8, 16, 8, "tiny", 2, 2, 8)
-WORDS = [
-    "apple",
-    "river",
-    "engine",
-    "garden",
-    "planet",
-    "violin",
-    "market",
-    "winter",
-    "copper",
-    "signal",
-    "harbor",
-    "pencil",
-    "forest",
-    "ladder",
-    "rocket",
-    "canyon",
-    "museum",
-    "bridge",
-    "lantern",
-    "meadow",
-    "circuit",
-    "falcon",
-    "glacier",
-    "theorem",
-    "protein",
-]
 
 
 def texts(count: int, seed: int = 0) -> list[str]:
