@@ -16,6 +16,7 @@ from lmmixup.workflows.plan import (
     CHARS_PER_TOKEN,
     JUDGE_REPLY,
     Throughput,
+    actual_use,
     against_plan,
     measured_throughput,
     plan_run,
@@ -205,3 +206,9 @@ def test_pool_file_scan_counts_lines(tmp_path):
     write_records(path, _rows(30))
     scan = pool_file_scan(path, sample_size=5)
     assert scan.rows == 30 and len(scan.sample) == 5
+
+
+def test_clusters_rejected_as_incoherent_are_no_distiller_calls():
+    counts = {"written": 2, "rejected": 5, "reject_reasons": {"incoherent": 4, "format": 1}}
+    assert actual_use("distill", counts)["calls"] == 3
+    assert actual_use("distill", {**counts, "reject_reasons": {}})["calls"] == 7

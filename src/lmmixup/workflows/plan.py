@@ -26,6 +26,7 @@ from lmmixup.method.cluster_sizes import draw_cluster_sizes
 from lmmixup.method.prompt import build_messages
 from lmmixup.method.rubric import build_rubric_logprob_prompt, build_rubric_messages
 from lmmixup.records import BadRow, normalise_row
+from lmmixup.stages.distill import INCOHERENT
 from lmmixup.stages.import_pool import length_ok, reserved_lines
 from lmmixup.stages.judge import MAX_JUDGED_CHARS
 
@@ -351,6 +352,9 @@ def actual_use(stage: str, counts: dict) -> dict[str, int | None]:
         }
     done = counts.get("judge", {}) if judged else counts
     calls = done.get("written", 0) + done.get("rejected", 0) if done else None
+    if calls is not None and not judged:
+        # clusters below the cohesion floor are rejected without a model call
+        calls -= counts.get("reject_reasons", {}).get(INCOHERENT, 0)
     return {"calls": calls, "prompt_tokens": None, "completion_tokens": None}
 
 
