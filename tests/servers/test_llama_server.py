@@ -35,7 +35,12 @@ START_TIMEOUT_S = 180
 PREFIX = '{"overall":'
 POOL = [
     {"id": "a", "prompt": "What is the capital of France?", "completion": "Paris.", "source": "s"},
-    {"id": "b", "prompt": "How many people live in Paris?", "completion": "About 2 million.", "source": "s"},
+    {
+        "id": "b",
+        "prompt": "How many people live in Paris?",
+        "completion": "About 2 million.",
+        "source": "s",
+    },
     {"id": "c", "prompt": "Name a prime number.", "completion": "7 is prime.", "source": "s"},
     {"id": "d", "prompt": "Is 9 a prime number?", "completion": "Yes, 9 is prime.", "source": "s"},
     {"id": "e", "prompt": "Write a haiku about rain.", "completion": "ok", "source": "s"},
