@@ -6,12 +6,13 @@ stage's outputs to the next one's inputs by the names declared here.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from lmmixup.config import RunConfig
-from lmmixup.runtime.runner import StageDir
+from lmmixup.config import RunConfig, result_config
+from lmmixup.runtime.runner import StageDir, StageResult, run_stage
 
 Outputs = Mapping[str, Mapping[str, Path]]
 """The files earlier stages wrote: stage name -> output key -> path."""
@@ -52,3 +53,26 @@ class StageSpec:
     def body(self, stage_dir: StageDir, cfg: RunConfig, earlier: Outputs) -> None:
         """Run the stage in its folder, given the outputs of the stages before it."""
         self.run(stage_dir, cfg, self.resolve(earlier))
+
+
+def run_specs(
+    run_dir: Path, specs: Sequence[StageSpec], cfg: Any, force: bool
+) -> tuple[list[StageResult], dict[str, dict[str, Path]]]:
+    """Run the stages in order in `run_dir` (each skipped, resumed or redone by its
+    manifest), wiring each stage's outputs to the next; their results and outputs."""
+    outputs: dict[str, dict[str, Path]] = {}
+    results: list[StageResult] = []
+    for spec in specs:
+        result = run_stage(
+            run_dir,
+            spec.name,
+            inputs=spec.inputs(cfg, outputs),
+            config={name: result_config(getattr(cfg, name)) for name in spec.sections},
+            body=lambda stage_dir, spec=spec: spec.body(stage_dir, cfg, outputs),
+            force=force,
+            follow_inputs=True,
+            outputs=spec.outputs.values(),  # folders among them are not recorded
+        )
+        outputs[spec.name] = {key: result.path / name for key, name in spec.outputs.items()}
+        results.append(result)
+    return results, outputs

@@ -26,13 +26,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from lmmixup.config import result_config, to_yaml
+from lmmixup.config import to_yaml
 from lmmixup.evaluation.distiller import ModelSpec
 from lmmixup.io.assets import BUILTIN_SOURCES, builtin_path
 from lmmixup.io.jsonl import write_text_atomic
 from lmmixup.io.outputs import run_dir_lock
-from lmmixup.runtime.runner import StageDir, StageResult, run_stage, run_summary
-from lmmixup.runtime.spec import StageSpec
+from lmmixup.runtime.runner import StageDir, StageResult, run_summary
+from lmmixup.runtime.spec import StageSpec, run_specs
 from lmmixup.training.trainer import FINAL_DIR, SUMMARY_FILE
 from lmmixup.workflows.distiller_config import (
     LIBRARY_DIR,
@@ -236,21 +236,7 @@ def run_distiller(cfg: DistillerRunConfig, run_dir: str | Path, force: bool = Fa
     with run_dir_lock(run_dir):
         run_dir.mkdir(parents=True, exist_ok=True)
         write_text_atomic(run_dir / "config.yaml", RESOLVED_NOTE + to_yaml(resolved(cfg, run_dir)))
-        outputs: dict[str, dict[str, Path]] = {}
-        results: list[StageResult] = []
-        for stage in STAGES:
-            result = run_stage(
-                run_dir,
-                stage.name,
-                inputs=stage.inputs(cfg, outputs),
-                config={name: result_config(getattr(cfg, name)) for name in stage.sections},
-                body=lambda stage_dir, stage=stage: stage.body(stage_dir, cfg, outputs),
-                force=force,
-                follow_inputs=True,
-                outputs=stage.outputs.values(),  # folders among them are not recorded
-            )
-            outputs[stage.name] = {key: result.path / name for key, name in stage.outputs.items()}
-            results.append(result)
+        results, outputs = run_specs(run_dir, STAGES, cfg, force)
         return _write_summary(run_dir, results, outputs)
 
 

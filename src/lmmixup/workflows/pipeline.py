@@ -10,15 +10,15 @@ import json
 from importlib import resources
 from pathlib import Path
 
-from lmmixup.config import RunConfig, apply_overrides, load_yaml, result_config, to_yaml, validate
+from lmmixup.config import RunConfig, apply_overrides, load_yaml, to_yaml, validate
 from lmmixup.errors import ConfigError, LmmixupError
 from lmmixup.io.assets import BUILTIN_SOURCES, builtin_path
 from lmmixup.io.jsonl import write_text_atomic
 from lmmixup.io.outputs import run_dir_lock
 from lmmixup.io.sources import is_saved_dataset
 from lmmixup.runtime.executors import executor_for, using
-from lmmixup.runtime.runner import StageResult, run_stage, run_summary
-from lmmixup.runtime.spec import StageSpec
+from lmmixup.runtime.runner import run_summary
+from lmmixup.runtime.spec import StageSpec, run_specs
 from lmmixup.stages import PIPELINE_ORDER
 from lmmixup.stages.cluster import CLUSTER
 from lmmixup.stages.distill import DISTILL
@@ -59,21 +59,7 @@ def _run_stages(cfg: RunConfig, run_dir: Path, force: bool) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(run_dir / "config.yaml", to_yaml(cfg))
     plan = _the_plan(cfg, run_dir)
-    outputs: dict[str, dict[str, Path]] = {}
-    results: list[StageResult] = []
-    for stage in STAGES:
-        result = run_stage(
-            run_dir,
-            stage.name,
-            inputs=stage.inputs(cfg, outputs),
-            config={name: result_config(getattr(cfg, name)) for name in stage.sections},
-            body=lambda stage_dir, stage=stage: stage.body(stage_dir, cfg, outputs),
-            force=force,
-            follow_inputs=True,
-            outputs=stage.outputs.values(),
-        )
-        outputs[stage.name] = {key: result.path / name for key, name in stage.outputs.items()}
-        results.append(result)
+    results, outputs = run_specs(run_dir, STAGES, cfg, force)
     summary = run_summary(run_dir, results, outputs)
     summary["plan"] = {
         "file": str(run_dir / PLAN_FILE),
