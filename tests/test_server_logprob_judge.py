@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -163,15 +162,15 @@ def test_auto_falls_back_to_generate_and_says_why(probe_reply: Reply, why: str):
 
 
 def test_the_same_token_listed_twice_adds_up():
-    entry = SimpleNamespace(
-        token="7",
-        logprob=math.log(0.3),
-        top_logprobs=[
-            SimpleNamespace(token="7", logprob=math.log(0.3)),
-            SimpleNamespace(token="7", logprob=math.log(0.2)),
+    entry = {
+        "token": "7",
+        "logprob": math.log(0.3),
+        "top_logprobs": [
+            {"token": "7", "logprob": math.log(0.3)},
+            {"token": "7", "logprob": math.log(0.2)},
         ],
-    )
-    found = top_logprobs(SimpleNamespace(content=[entry]), PREFIX)
+    }
+    found = top_logprobs({"content": [entry]}, PREFIX)
     assert found == {"7": pytest.approx(math.log(0.5))}
     assert top_logprobs(None, PREFIX) == NO_LOGPROBS
 

@@ -148,16 +148,22 @@ def test_rate_in_logprob_auto_and_generate_mode(server, tmp_path):
 def test_llama_cpp_echoes_the_prefilled_prefix_and_the_client_keeps_it_once(
     server, record_property
 ):
-    import openai
-
     messages = [{"role": "user", "content": "Rate 1-10: Paris is in France."}]
-    raw = openai.OpenAI(base_url=server, api_key="EMPTY").chat.completions.create(
-        model="smollm2",
-        messages=[*messages, {"role": "assistant", "content": PREFIX}],
-        max_tokens=4,
-        temperature=0,
+    request = urllib.request.Request(
+        f"{server}/chat/completions",
+        data=json.dumps(
+            {
+                "model": "smollm2",
+                "messages": [*messages, {"role": "assistant", "content": PREFIX}],
+                "max_tokens": 4,
+                "temperature": 0,
+            }
+        ).encode(),
+        headers={"Content-Type": "application/json"},
     )
-    echoed = (raw.choices[0].message.content or "").startswith(PREFIX)
+    with urllib.request.urlopen(request, timeout=60) as response:
+        raw = json.load(response)
+    echoed = (raw["choices"][0]["message"]["content"] or "").startswith(PREFIX)
     with OpenAIChatModel("smollm2", server) as model:
         [reply] = model.generate([messages], GenParams(max_new_tokens=4, assistant_prefix=PREFIX))
     assert reply.ok and reply.text.startswith(PREFIX)

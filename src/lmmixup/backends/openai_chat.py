@@ -1,21 +1,20 @@
 """Any OpenAI-compatible chat-completions server (OpenAI, vLLM serve, llama.cpp server).
 
-Our own retry policy (the client's retries are off), bounded concurrency, a hard cap on
-HTTP requests, usage accounting, and a quick stop when the server cannot be reached. The
-API key is read from the environment or a file, handed to the client and nowhere else: it is
-never logged, raised, stored or printed.
+Our own retry policy, bounded concurrency, a hard cap on HTTP requests, usage accounting,
+and a quick stop when the server cannot be reached. The requests run on one event loop
+(`http_client.EventLoopHTTP`). The API key is read from the environment or a file and sent
+in the Authorization header, nowhere else: it is never logged, raised, stored or printed.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import random
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-
-import openai
 
 from lmmixup.backends.base import (
     Generation,
@@ -24,6 +23,7 @@ from lmmixup.backends.base import (
     RequestBudgetExhausted,
     cut_at_stop,
 )
+from lmmixup.backends.http_client import EventLoopHTTP, HTTPReply, TransportError
 from lmmixup.backends.openai_replies import (
     CONTEXT_FIX,
     context_overflow,
@@ -34,6 +34,7 @@ from lmmixup.backends.sharing import shared_limits
 from lmmixup.config import BackendConfig
 from lmmixup.errors import ConfigError, LmmixupError
 
+OPENAI_API_URL = "https://api.openai.com/v1"
 NO_KEY = "EMPTY"
 """Sent when no key is configured: local servers (vLLM, llama.cpp) started without one accept it."""
 
@@ -44,7 +45,6 @@ UNREACHABLE_AFTER = 3
 which the server is taken as unreachable and the call stops."""
 CONNECT_TIMEOUT_S = 5.0
 """At most this long to open a connection (the request timeout covers the reply)."""
-_CONNECT_ERRORS = frozenset({"ConnectError", "ConnectTimeout"})
 _USAGE_KEYS = ("requests", "retries", "failures", "context_overflows")
 _USAGE_KEYS += ("prompt_tokens", "completion_tokens")
 
@@ -96,6 +96,14 @@ class _Failure:
     context_overflow: bool = False
 
 
+class _HTTPStatusError(Exception):
+    """Internal: the server answered with an HTTP error status."""
+
+    def __init__(self, reply: HTTPReply):
+        super().__init__(reply.status)
+        self.reply = reply
+
+
 class _OutOfBudget(Exception):
     """Internal: an item needs a request but the budget is spent."""
 
@@ -111,9 +119,8 @@ class ServerUnreachable(LmmixupError):
         )
 
 
-def _retry_after_seconds(error: openai.APIStatusError) -> float | None:
+def _retry_after_seconds(headers) -> float | None:
     """The server's wait in seconds: `retry-after-ms`, else a numeric `retry-after` (no dates)."""
-    headers = error.response.headers
     for name, scale in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
         try:
             return max(0.0, float(headers[name]) / scale)
@@ -122,9 +129,8 @@ def _retry_after_seconds(error: openai.APIStatusError) -> float | None:
     return None
 
 
-def _status_message(error: openai.APIStatusError) -> str:
+def _status_message(body: object) -> str:
     """The server's own error message, when its body has one."""
-    body = error.body
     if isinstance(body, dict):
         detail = body.get("error", body)
         message = detail.get("message") if isinstance(detail, dict) else None
@@ -133,46 +139,31 @@ def _status_message(error: openai.APIStatusError) -> str:
     return ""
 
 
-def _cannot_connect(error: openai.APIError) -> bool:
-    """Whether the request never reached the server: connection refused, unknown host, or no
-    connection in time. Told by the class names of the HTTP library's (httpx or httpx2) errors."""
-    cause = error.__cause__
-    return cause is not None and any(cls.__name__ in _CONNECT_ERRORS for cls in type(cause).__mro__)
-
-
-def _classify(error: openai.APIError, timeout_s: float, connect_timeout_s: float) -> _Failure:
+def _classify(error: Exception) -> _Failure:
     """Retry on timeouts, connection errors, 408, 429 and 5xx; nothing else."""
-    if isinstance(error, openai.APIConnectionError) and _cannot_connect(error):
-        if isinstance(error, openai.APITimeoutError):
-            return _Failure(True, f"no connection within {connect_timeout_s:g} s", unreachable=True)
-        return _Failure(True, f"connection error ({error.__cause__})", unreachable=True)
-    if isinstance(error, openai.APITimeoutError):
-        return _Failure(True, f"timeout after {timeout_s:g} s")
-    if isinstance(error, openai.APIConnectionError):
-        detail = str(error.__cause__ or "") or "the connection broke"
-        return _Failure(True, f"connection error ({detail})")
-    if isinstance(error, openai.APIStatusError):
-        status = error.status_code
-        message = _status_message(error)
-        reason = f"HTTP {status}: {message}" if message else f"HTTP {status}"
-        if context_overflow(status, error.body):
-            return _Failure(False, reason, context_overflow=True)
-        retryable = status in _RETRYABLE_STATUS or status >= 500
-        return _Failure(retryable, reason, _retry_after_seconds(error))
-    return _Failure(False, f"{type(error).__name__}: {error}")
+    if isinstance(error, TransportError):
+        return _Failure(True, error.reason, unreachable=error.unreachable)
+    assert isinstance(error, _HTTPStatusError)
+    reply = error.reply
+    message = _status_message(reply.body)
+    reason = f"HTTP {reply.status}: {message}" if message else f"HTTP {reply.status}"
+    if context_overflow(reply.status, reply.body):
+        return _Failure(False, reason, context_overflow=True)
+    retryable = reply.status in _RETRYABLE_STATUS or reply.status >= 500
+    return _Failure(retryable, reason, _retry_after_seconds(reply.headers))
 
 
 class OpenAIChatModel:
     """A chat model behind an OpenAI-compatible `/chat/completions` endpoint.
 
-    `generate` sends up to `concurrency` requests at once and returns one Generation per
-    prompt, in input order. The requests run in one thread pool the model keeps until
-    `close()`; calls from several threads (a stage streaming one record per call) share its
-    `concurrency` slots. Timeouts, connection errors, HTTP 408, 429 and 5xx are retried up
-    to `max_retries` times with exponential backoff and jitter (a numeric Retry-After header,
-    capped at `retry_after_cap_s`, is waited instead); other errors are not. An item that
-    still fails becomes `Generation(text="", finish_reason="error", error=reason)`: the batch
-    never raises for it.
+    `generate` returns one Generation per prompt, in input order. Every request runs on the
+    model's one event loop, which holds at most `concurrency` of them in flight: calls from
+    several threads (a stage streaming one record per call) share those slots. Timeouts,
+    connection errors, HTTP 408, 429 and 5xx are retried up to `max_retries` times with
+    exponential backoff and jitter (a numeric Retry-After header, capped at
+    `retry_after_cap_s`, is waited instead); other errors are not. An item that still fails
+    becomes `Generation(text="", finish_reason="error", error=reason)`: the batch never
+    raises for it.
 
     Unreachable server: when `UNREACHABLE_AFTER` attempts in a row (over all items) cannot
     even connect (connection refused, unknown host, no connection within
@@ -214,14 +205,11 @@ class OpenAIChatModel:
         backoff_max_s: float = 30.0,
         retry_after_cap_s: float = 60.0,
     ):
-        self._client = openai.OpenAI(
-            api_key=read_api_key(api_key_env, api_key_file),
-            base_url=base_url,
-            timeout=openai.Timeout(timeout_s, connect=min(timeout_s, CONNECT_TIMEOUT_S)),
-            max_retries=0,
-        )
+        self._api_key = read_api_key(api_key_env, api_key_file)
         self.name = model
-        self.base_url = str(self._client.base_url).rstrip("/")
+        self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or OPENAI_API_URL).rstrip(
+            "/"
+        )
         self.connect_timeout_s = min(timeout_s, CONNECT_TIMEOUT_S)
         self.fingerprint = f"openai:{self.base_url}:{model}"
         shared = shared_limits()  # set by an executor whose workers share this model
@@ -237,14 +225,23 @@ class OpenAIChatModel:
             if shared and max_requests is not None
             else _Budget(max_requests)
         )
+        self._http = EventLoopHTTP(
+            self.base_url,
+            {"Authorization": f"Bearer {self._api_key}"},
+            connections=self.concurrency,
+            timeout_s=timeout_s,
+            connect_timeout_s=self.connect_timeout_s,
+        )
         self._usage_lock = threading.Lock()
         self._jitter = random.Random()
         self._connect_failures = 0
         self._unreachable_reason = ""
         self._given_up = threading.Event()
         self._names_stop = False  # the server names the stop that ended a reply (`stop_reason`)
-        self._pool: ThreadPoolExecutor | None = None  # started by the first call
-        self._pool_lock = threading.Lock()
+        # made on the loop by the first request: the `concurrency` slots, and the event that
+        # ends a retry's wait once the server is given up
+        self._slots: asyncio.Semaphore | None = None
+        self._giving_up: asyncio.Event | None = None
 
     def __repr__(self) -> str:
         return f"OpenAIChatModel(model={self.name!r}, base_url={self.base_url!r})"
@@ -256,35 +253,17 @@ class OpenAIChatModel:
         self.close()
 
     def close(self) -> None:
-        """Stop the request threads (requests in flight finish) and close the connections."""
-        with self._pool_lock:
-            pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
-        self._client.close()
-
-    def _in_pool(self, fn, items: list) -> list:
-        """`fn` of each item, in input order, run in the model's one thread pool of
-        `concurrency` threads: calls from several threads at once share its slots, so no more
-        than `concurrency` requests are ever in flight. On an error or an interrupt, this
-        call's items not yet started are dropped and those in flight finish."""
-        with self._pool_lock:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="openai-chat")
-            futures: list[Future] = [self._pool.submit(fn, item) for item in items]
-        try:
-            return [future.result() for future in futures]
-        finally:
-            for future in futures:
-                future.cancel()
-            wait(futures)
+        """Stop the event loop and close the connections (requests in flight are dropped)."""
+        self._http.close()
+        self._slots = self._giving_up = None
 
     def generate(
         self, prompts: list[Messages], params: GenParams, *, top_logprobs: int = 0
     ) -> list[Generation]:
         """Reply to each message list, in input order (see the class docstring for failures).
         With `top_logprobs`, each reply's `meta["logprobs"]` holds the server's `logprobs`
-        (that many alternatives per token), or None when it sent none."""
+        (that many alternatives per token), or None when it sent none. On an error or an
+        interrupt, this call's requests still on the loop are cancelled."""
         if not prompts:
             return []
         request = self._request_args(params, top_logprobs)
@@ -293,9 +272,12 @@ class OpenAIChatModel:
             prompts = [
                 [*messages, {"role": "assistant", "content": prefix}] for messages in prompts
             ]
-        results = self._in_pool(
-            lambda messages: self._complete(messages, request, params.stop), prompts
-        )
+        futures = [self._http.submit(self._complete(m, request, params.stop)) for m in prompts]
+        try:
+            results = [future.result() for future in futures]
+        finally:
+            for future in futures:
+                future.cancel()
         if prefix:
             results = [_prefixed(result, prefix) for result in results]
         if any(result is None for result in results):
@@ -303,7 +285,7 @@ class OpenAIChatModel:
         return results  # type: ignore[return-value]
 
     def _request_args(self, params: GenParams, top_logprobs: int = 0) -> dict:
-        """The chat-completions arguments for these decoding settings (stop strings apart)."""
+        """The chat-completions fields for these decoding settings (stop strings apart)."""
         args: dict = {
             "model": self.name,
             "max_tokens": params.max_new_tokens,
@@ -311,9 +293,7 @@ class OpenAIChatModel:
             "top_p": params.top_p,
             "seed": params.seed,
         }
-        extra = vendor_args(self.base_url, params.repetition_penalty, bool(params.assistant_prefix))
-        if extra:
-            args["extra_body"] = extra
+        args |= vendor_args(self.base_url, params.repetition_penalty, bool(params.assistant_prefix))
         if top_logprobs:
             args |= {"logprobs": True, "top_logprobs": top_logprobs}
         return args
@@ -335,20 +315,24 @@ class OpenAIChatModel:
             raise RequestBudgetExhausted(readings, exc.limit) from None  # type: ignore[arg-type]
         return [next_token_reading(reply, prefix) for reply in replies]
 
-    def _complete(
+    async def _complete(
         self, messages: Messages, request: dict, stops: tuple[str, ...]
     ) -> Generation | None:
-        """One item with retries; None when the request budget ran out before it ended.
-        Raises ServerUnreachable once the server is taken as unreachable."""
+        """One item with retries, holding one of the `concurrency` slots while it is sent;
+        None when the request budget ran out before it ended. Raises ServerUnreachable once
+        the server is taken as unreachable."""
+        if self._slots is None:
+            self._slots, self._giving_up = asyncio.Semaphore(self.concurrency), asyncio.Event()
         attempt = 0
         while True:
             self._raise_if_unreachable()
             try:
-                generation = self._attempt(messages, request, stops, attempt)
+                async with self._slots:
+                    generation = await self._attempt(messages, request, stops, attempt)
             except _OutOfBudget:
                 return None
-            except openai.APIError as error:
-                failure = _classify(error, self.timeout_s, self.connect_timeout_s)
+            except (TransportError, _HTTPStatusError) as error:
+                failure = _classify(error)
             else:
                 self._note_connection(None)
                 return generation
@@ -358,9 +342,15 @@ class OpenAIChatModel:
                 self._count(failures=1, context_overflows=int(failure.context_overflow))
                 fix = f" -- {CONTEXT_FIX}" if failure.context_overflow else ""
                 return Generation("", "error", error=self._redact(failure.reason) + fix)
-            self._given_up.wait(self._delay(attempt, failure.retry_after_s))
+            await self._pause(self._delay(attempt, failure.retry_after_s))
             attempt += 1
             self._count(retries=1)
+
+    async def _pause(self, seconds: float) -> None:
+        """Wait `seconds` before a retry, or less once the server is given up."""
+        assert self._giving_up is not None
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._giving_up.wait(), seconds)
 
     def _note_connection(self, failure: _Failure | None) -> None:
         """Count attempts in a row that could not connect; any reply from the server (None,
@@ -373,32 +363,48 @@ class OpenAIChatModel:
             if self._connect_failures >= UNREACHABLE_AFTER and not self._given_up.is_set():
                 self._unreachable_reason = self._redact(failure.reason)
                 self._given_up.set()
+                if self._giving_up is not None:  # on the loop: wake the retries' waits
+                    self._giving_up.set()
 
     def _raise_if_unreachable(self) -> None:
         if self._given_up.is_set():
             raise ServerUnreachable(self.base_url, self._unreachable_reason)
 
-    def _attempt(
+    async def _take_ticket(self) -> bool:
+        """One ticket of the request budget; a budget shared across processes (the Ray
+        executor's) answers over the network, so it is asked off the loop."""
+        if isinstance(self._budget, _Budget):
+            return self._budget.take()
+        return await asyncio.to_thread(self._budget.take)
+
+    async def _attempt(
         self, messages: Messages, request: dict, stops: tuple[str, ...], attempt: int
     ) -> Generation:
         """Send one HTTP request (taking a budget ticket) and read its reply; a reply that
         does not say how it ended is asked again without stop strings (class docstring)."""
         while True:
-            if not self._budget.take():
+            if not await self._take_ticket():
                 raise _OutOfBudget
             self._count(requests=1)
             send_stops = bool(stops) and self._names_stop
-            args = {**request, "stop": list(stops)} if send_stops else request
-            response = self._client.chat.completions.create(messages=messages, **args)
-            usage = response.usage
-            prompt_tokens = usage.prompt_tokens if usage else 0
-            completion_tokens = usage.completion_tokens if usage else 0
+            payload = {**request, "messages": messages}
+            if send_stops:
+                payload["stop"] = list(stops)
+            reply = await self._http.post("/chat/completions", payload)
+            if reply.status >= 400:
+                raise _HTTPStatusError(reply)
+            body = reply.body if isinstance(reply.body, dict) else {}
+            usage = body.get("usage") or {}
+            prompt_tokens = usage.get("prompt_tokens") or 0
+            completion_tokens = usage.get("completion_tokens") or 0
             self._count(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
-            if not response.choices:
+            choices = body.get("choices")
+            if not choices or not isinstance(choices[0], dict):
                 self._count(failures=1)
-                return Generation("", "error", error="the server's reply has no choices")
-            choice = response.choices[0]
-            self._names_stop = "stop_reason" in (choice.model_extra or {})
+                what = "has no choices" if reply.is_json else "is not JSON"
+                return Generation("", "error", error=f"the server's reply {what}")
+            choice = choices[0]
+            self._names_stop = "stop_reason" in choice
             ending = _ending(choice, stops, send_stops)
             if ending is not None:
                 text, finish_reason, stop_string = ending
@@ -408,7 +414,7 @@ class OpenAIChatModel:
                     completion_tokens=completion_tokens,
                     prompt_tokens=prompt_tokens,
                     stop_string=stop_string,
-                    meta={"attempts": attempt + 1, "logprobs": choice.logprobs},
+                    meta={"attempts": attempt + 1, "logprobs": choice.get("logprobs")},
                 )
 
     def _delay(self, attempt: int, retry_after_s: float | None) -> float:
@@ -425,7 +431,7 @@ class OpenAIChatModel:
 
     def _redact(self, text: str) -> str:
         """A short, key-free version of an error reason."""
-        key = self._client.api_key
+        key = self._api_key
         if key and key != NO_KEY:
             text = text.replace(key, "[api key]")
         return text[:_MAX_REASON_CHARS]
@@ -449,22 +455,24 @@ def load(cfg: BackendConfig) -> OpenAIChatModel:
     )
 
 
-def _ending(choice, stops: tuple[str, ...], sent_stops: bool) -> tuple[str, str, str | None] | None:
+def _ending(
+    choice: dict, stops: tuple[str, ...], sent_stops: bool
+) -> tuple[str, str, str | None] | None:
     """A choice's text (cut before the first stop string in it), finish reason and stop string.
 
     finish_reason "stop" means one of `stops` ended the reply, "eos" that the model ended it;
     vLLM's `stop_reason` tells them apart (null or a token id: end-of-sequence). None when it
     cannot be told: stop strings were sent and the server does not name the one it hit.
     """
-    text, stop = cut_at_stop(choice.message.content or "", stops)
+    message = choice.get("message") or {}
+    text, stop = cut_at_stop(message.get("content") or "", stops)
     if stop is not None:
         return text, "stop", stop
-    reason = choice.finish_reason or "stop"
+    reason = choice.get("finish_reason") or "stop"
     if reason != "stop":
         return text, reason, None
-    extra = choice.model_extra or {}
-    if "stop_reason" in extra:
-        named = extra["stop_reason"]
+    if "stop_reason" in choice:
+        named = choice["stop_reason"]
         return (text, "stop", named) if named in stops else (text, "eos", None)
     return None if sent_stops else (text, "eos", None)
 

@@ -85,13 +85,13 @@ def vendor_args(base_url: str, repetition_penalty: float, continue_prefix: bool)
     return extra
 
 
-def _entries(logprobs) -> list | None:
+def _entries(logprobs: object) -> list[dict] | None:
     """The per-token entries of a choice's `logprobs` (None when the server sent none)."""
-    content = getattr(logprobs, "content", None)
-    return content if content else None
+    content = logprobs.get("content") if isinstance(logprobs, dict) else None
+    return content if isinstance(content, list) and content else None
 
 
-def _after_echo(entries: list, prefix: str):
+def _after_echo(entries: list[dict], prefix: str) -> dict:
     """The entry of the first generated token: past the entries that spell the pre-filled
     `prefix` when the server echoed it (compared without spaces)."""
     target = "".join(prefix.split())
@@ -99,24 +99,26 @@ def _after_echo(entries: list, prefix: str):
     for index, entry in enumerate(entries):
         if spelled == target and index:
             return entry
-        spelled += "".join((entry.token or "").split())
+        spelled += "".join((entry.get("token") or "").split())
         if not target.startswith(spelled):
             break
     return entries[0]
 
 
-def top_logprobs(logprobs, prefix: str) -> dict[str, float] | str:
+def top_logprobs(logprobs: object, prefix: str) -> dict[str, float] | str:
     """log P(token) of each alternative a choice's `logprobs` lists for the token after
     `prefix` (the same text listed twice, from two token ids, adds up), or why there are none."""
     entries = _entries(logprobs)
     if entries is None:
         return NO_LOGPROBS
     entry = _after_echo(entries, prefix)
-    alternatives = entry.top_logprobs or [entry]
+    alternatives = entry.get("top_logprobs") or [entry]
     found: dict[str, float] = {}
     for alternative in alternatives:
-        token, logprob = alternative.token, alternative.logprob
-        if token is None or logprob is None or not math.isfinite(logprob):
+        token, logprob = alternative.get("token"), alternative.get("logprob")
+        if not isinstance(token, str) or not isinstance(logprob, int | float):
+            continue
+        if not math.isfinite(logprob):
             continue
         found[token] = float(logprob) if token not in found else _log_add(found[token], logprob)
     return found if found else NO_LOGPROBS

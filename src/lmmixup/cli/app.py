@@ -60,9 +60,9 @@ QUIET_LOGGERS = (
     "faiss",
     "transformers",
     "huggingface_hub",
-    "openai",
-    "httpx",  # the openai client's HTTP library logs one INFO line per request;
-    "httpx2",  # its name depends on the openai version
+    "lmmixup.http",  # one INFO line per request to a server
+    "httpx",  # huggingface_hub's HTTP library, one INFO line per request;
+    "httpx2",  # its name depends on the version
     "httpcore",
     "httpcore2",
 )

@@ -50,10 +50,8 @@ class RecordStage(Protocol):
     above 1 (see `stage_sizing`), its `process` is then called from worker threads and must
     be thread-safe, and its results are written in the order they finish.
 
-    Ray Data's `map_batches` can run a stage later without changes to it: a small callable
-    class, constructed in each worker from the pickled stage, calls `open()` in its
-    `__init__` and, in `__call__`, turns Ray's column batch into rows, calls `process` and
-    turns the results back into columns; resume and writing stay with that executor.
+    The Ray executor (`runtime.ray_executor`) runs a stage unchanged: each worker opens its
+    own copy of the pickled stage and calls `process`; resume and writing stay on the driver.
     """
 
     batch_size: int
@@ -134,14 +132,20 @@ class LocalExecutor:
         return StageRun(counts, report)
 
 
+RECORDS_PER_REQUEST_SLOT = 2
+"""A server stage keeps this many records in process per request it may have in flight:
+while some records are checked (parsed, embedded), the others keep every slot busy."""
+
+
 def stage_sizing(backend: BackendConfig) -> tuple[int, int]:
     """(batch_size, concurrency) of a stage whose model `backend` configures. A server
-    (openai): one record per `process` call and `concurrency` calls at once, each written as
-    soon as it is done; each record in process holds at most one request (or one reply not
-    yet in the call cache), so a kill re-pays at most `concurrency` calls. A local model:
-    `batch_size` records per call, one call at a time."""
+    (openai): one record per `process` call, each written as soon as it is done, and
+    RECORDS_PER_REQUEST_SLOT x `backend.concurrency` calls at once; the model itself holds at
+    most `backend.concurrency` requests in flight, and a reply goes into the call cache
+    before its record is checked, so a kill re-pays at most `backend.concurrency` calls. A
+    local model: `batch_size` records per call, one call at a time."""
     if backend.backend == "openai":
-        return 1, backend.concurrency
+        return 1, RECORDS_PER_REQUEST_SLOT * backend.concurrency
     return backend.batch_size, 1
 
 
