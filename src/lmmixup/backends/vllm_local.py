@@ -54,11 +54,7 @@ class VLLMChatModel:
         self.tokenizer = self.llm.get_tokenizer()
 
     def render(self, messages: Messages, assistant_prefix: str = "") -> str:
-        """The chat-formatted prompt text, ready for the model's reply (optionally pre-filled)."""
-        text = self.tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=True
-        )
-        return text + assistant_prefix
+        return render_chat(self.tokenizer, messages, assistant_prefix)
 
     def generate(self, prompts: list[Messages], params: GenParams) -> list[Generation]:
         """Reply to each message list; stops at EOS, a stop string, or max_new_tokens."""
@@ -90,3 +86,17 @@ class VLLMChatModel:
             len(output.prompt_token_ids),
             stop_string=stop,
         )
+
+
+def render_chat(tokenizer, messages: Messages, assistant_prefix: str = "") -> str:
+    """The chat-formatted prompt text, ready for the model's reply (optionally pre-filled):
+    the model's chat template with its generation prompt, then the pre-fill."""
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return text + assistant_prefix
+
+
+def load_chat_tokenizer(model: str):
+    """The tokenizer (with its chat template) of `model`, without loading the model."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(resolve_model(model))

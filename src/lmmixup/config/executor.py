@@ -49,3 +49,8 @@ class ExecutorConfig(Section):
         description="ray: times a dead actor is restarted, and its batch retried, before the stage fails.",
         json_schema_extra=OPERATIONAL,
     )
+    vllm_processor: bool = Field(
+        False,
+        description="ray: a stage whose model is backend vllm (distill, the generate-mode judge) sends its requests through ray.data.llm's vLLM processor (`actors` engine replicas with continuous batching; records written on the driver as before) instead of one vllm.LLM per actor; one judge attempt per run there. Needs vllm on the GPU nodes; unverified on a real GPU (docs/GUIDE.md 1.9).",
+        json_schema_extra=OPERATIONAL,
+    )

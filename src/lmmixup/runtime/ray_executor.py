@@ -18,6 +18,9 @@ close (usage, cache hits), summed into the stage's report. A server backend's co
 is split between the actors (`worker_threads`). The call cache is the SQLite file at the stage's cache path,
 opened by every worker: one file on one machine (SQLite's WAL makes that safe across
 processes); on a cluster of several machines each machine has its own file at that path.
+
+With `executor.vllm_processor`, a stage whose model is `backend: vllm` goes through
+ray.data.llm's vLLM processor instead of the actor pool (`ray_llm`); resume and writing stay here.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from lmmixup.errors import ConfigError, LmmixupError
 from lmmixup.io.jsonl import AppendWriter
 from lmmixup.progress import progress
 from lmmixup.runtime.executor import RecordStage, ResultWriter, StageRun, done_ids
+from lmmixup.runtime.ray_llm import routed_backend, run_route
 
 log = logging.getLogger(__name__)
 REPORT_WAIT_S = 30.0
@@ -227,6 +231,10 @@ class RayExecutor:
             if not todo:
                 return StageRun(writer.counts)
             ray = connect(self.settings.address)
+            backend = routed_backend(self.settings, stage)
+            if backend is not None:  # ray.data.llm's vLLM processor makes the model calls
+                report = run_route(self.settings, stage, backend, todo, writer)
+                return StageRun(writer.counts, report)
             board = ray.remote(num_cpus=0)(Board).remote()
             try:
                 writer.counts["stopped_early"] = int(self._stream(stage, todo, board, writer))

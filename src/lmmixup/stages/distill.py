@@ -39,54 +39,47 @@ record says how many candidates were tried (`candidates`) and which one it is (`
 
 `DistillStage` is the distiller as a per-record stage (one cluster in, one record or reject
 out) that the run's executor (local, or Ray) runs; `DISTILL` declares it as a stage of `lmmixup run`.
+Its batch is `distill_requests`, the model's replies, then `complete_clusters` (the parsing and
+checks are `distill_drafts`'), so an executor can make the model calls itself (`RequestStage`).
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from lmmixup.backends.base import Generation, Generator, GenParams, usage_of
 from lmmixup.backends.coalesce import CoalescingEncoder
-from lmmixup.backends.embed import record_text
-from lmmixup.config import DistillConfig, RunConfig
+from lmmixup.config import BackendConfig, DistillConfig, RunConfig
 from lmmixup.errors import LmmixupError
 from lmmixup.io.cache import CallCache
 from lmmixup.io.jsonl import read_records
 from lmmixup.io.validate import CLUSTER_RECORD, POOL_RECORD, numbered_checked, read_checked
 from lmmixup.io.vectors import SavedVectors, load_vectors, vectors_beside
-from lmmixup.method.faithfulness import check_faithfulness
 from lmmixup.method.prompt import build_messages
-from lmmixup.method.reply import (
-    ANSWER_CLOSE,
-    ANSWER_OPEN,
-    ParsedOutput,
-    ReplyFormat,
-    answer_to_pair,
-    reply_format,
-)
-from lmmixup.method.verify import Verification, verify_pair
-from lmmixup.runtime.executor import REJECT_KEY, BatchFn, RecordStage, stage_sizing
+from lmmixup.method.reply import ANSWER_CLOSE
+from lmmixup.runtime.executor import REJECT_KEY, BatchFn, stage_sizing
 from lmmixup.runtime.executors import current_executor
+from lmmixup.runtime.requests import Request, RequestStage, generate_requests
 from lmmixup.runtime.runner import StageDir
 from lmmixup.runtime.spec import StageSpec
+from lmmixup.stages.distill_drafts import (
+    GENERATION_ERROR,
+    best_candidate,
+    distilled_id,
+    finish_draft,
+    make_draft,
+)
+from lmmixup.stages.distill_drafts import UNCLOSED_ANSWER as UNCLOSED_ANSWER  # re-exported
+from lmmixup.stages.distill_drafts import closed_reply as closed_reply  # re-exported
 from lmmixup.stages.distill_vectors import pair_and_member_vectors
 from lmmixup.stages.failures import distill_failures, first_error
 from lmmixup.types import Embedder
 
-GENERATION_ERROR = "generation_error"
-UNCLOSED_ANSWER = "unclosed_answer"
 INCOHERENT = "incoherent"
-
-
-def distilled_id(cluster_id: Any) -> str:
-    """The id of the pair distilled from a cluster."""
-    return f"mix-{cluster_id}"
 
 
 def cluster_task_type(members: Sequence[Mapping[str, Any]], default: str) -> str:
@@ -121,116 +114,6 @@ def is_coherent(cluster: Mapping[str, Any]) -> bool:
     return cluster.get("coherent", True) is not False
 
 
-def closed_reply(generation: Generation) -> str:
-    """The reply as the model wrote it: `</answer>` put back where one of the request's stop
-    strings ended it (backends leave the stop string out): `</answer>` itself, or one of
-    `extra_stops`. A reply that ended otherwise (end of sequence, length) stays as it is, so
-    an answer the model never closed stays unclosed."""
-    text = generation.text
-    if generation.finish_reason == "stop" and ANSWER_OPEN in text and ANSWER_CLOSE not in text:
-        return text + ANSWER_CLOSE
-    return text
-
-
-@dataclass(frozen=True)
-class _Draft:
-    """One cluster's reply, parsed as far as it goes."""
-
-    cluster: Mapping[str, Any]
-    members: Sequence[Mapping[str, Any]]
-    task_type: str
-    member_texts: list[str]
-    generation: Generation
-    form: ReplyFormat | None
-    pair: tuple[str, str] | None
-
-    @property
-    def parsed(self) -> ParsedOutput | None:
-        """The reply's think and answer blocks, None without a closed answer."""
-        return None if self.form is None else self.form.parsed
-
-    @property
-    def text(self) -> str | None:
-        """The distilled pair as embedded, None without a pair."""
-        if self.pair is None:
-            return None
-        return record_text({"prompt": self.pair[0], "completion": self.pair[1]})
-
-
-def _draft(
-    cluster: Mapping[str, Any],
-    members: Sequence[Mapping[str, Any]],
-    task_type: str,
-    generation: Generation,
-) -> _Draft:
-    """Parse a cluster's reply into its answer and, where the layout holds, its pair."""
-    form = reply_format(closed_reply(generation), task_type) if generation.ok else None
-    parsed = None if form is None else form.parsed
-    pair = answer_to_pair(parsed.answer, task_type) if parsed is not None else None
-    member_texts = [record_text(member) for member in members]
-    return _Draft(cluster, members, task_type, member_texts, generation, form, pair)
-
-
-def _reason(draft: _Draft, flags: Sequence[str]) -> str | None:
-    """Why a draft is rejected (the first reason in the module doc's order), None when it is kept."""
-    if not draft.generation.ok:
-        return GENERATION_ERROR
-    if "truncated" in flags:
-        return "truncated"
-    if draft.form is not None and draft.form.unclosed:
-        return UNCLOSED_ANSWER
-    if draft.parsed is None:
-        return "unparsable"
-    if draft.parsed.answer and draft.pair is None:
-        return "format"
-    return flags[0] if flags else None
-
-
-def _finish(
-    draft: _Draft, vectors: np.ndarray | None, cfg: DistillConfig, model: str
-) -> dict[str, Any]:
-    """The distilled record of a draft, or its reject (carrying `REJECT_KEY`)."""
-    verification: Verification | None = None
-    if draft.pair is not None:
-        verification = verify_pair(*draft.pair, draft.members, cfg)
-    faithfulness = check_faithfulness(
-        draft.text,
-        draft.member_texts,
-        cfg=cfg,
-        finish_reason=draft.generation.finish_reason,
-        text_vector=None if vectors is None else vectors[0],
-        member_vectors=None if vectors is None else vectors[1:],
-        redundant=verification is not None
-        and verification.min_member_coverage >= cfg.redundant_coverage,
-    )
-    flags = [*faithfulness.flags, *(() if verification is None else verification.flags)]
-    checks = faithfulness.as_dict()
-    if verification is not None:
-        checks.update(verification.as_dict())
-    checks["flags"] = flags
-    cluster = draft.cluster
-    record: dict[str, Any] = {"id": distilled_id(cluster["cluster_id"])}
-    if draft.pair is not None:
-        record.update(prompt=draft.pair[0], completion=draft.pair[1])
-    record.update(
-        source=cluster.get("source"),
-        task_type=draft.task_type,
-        cluster_id=cluster["cluster_id"],
-        member_ids=list(cluster["member_ids"]),
-        think=None if draft.parsed is None else draft.parsed.think,
-        raw_output=draft.generation.text,
-        model=model,
-        finish_reason=draft.generation.finish_reason,
-        checks=checks,
-    )
-    reason = _reason(draft, flags)
-    if reason is not None:
-        record[REJECT_KEY] = reason
-    if draft.generation.error is not None:
-        record["error"] = draft.generation.error
-    return record
-
-
 def _members_of(
     cluster: Mapping[str, Any], members_by_id: Mapping[str, Mapping[str, Any]]
 ) -> list[Mapping[str, Any]]:
@@ -255,14 +138,55 @@ def incoherent_reject(cluster: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def best_candidate(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """The kept record of a cluster's candidates: the passing one with the highest coverage
-    (first wins a tie), else the first candidate (its reject); notes how many were tried."""
-    passing = [index for index, record in enumerate(records) if REJECT_KEY not in record]
-    index = max(passing, key=lambda i: records[i]["checks"]["coverage"]) if passing else 0
-    if len(records) == 1:
-        return records[0]
-    return {**records[index], "candidates": len(records), "candidate": index}
+def distill_requests(
+    clusters: list[dict], members_by_id: Mapping[str, Mapping[str, Any]], cfg: DistillConfig
+) -> list[list[Request]]:
+    """Per cluster, the distiller's requests: one per candidate (`candidate_params`), none
+    for a cluster marked incoherent."""
+    params = candidate_params(cfg)
+    asked: list[list[Request]] = []
+    for cluster in clusters:
+        if not is_coherent(cluster):
+            asked.append([])
+            continue
+        members = _members_of(cluster, members_by_id)
+        messages = build_messages(members, cluster_task_type(members, cfg.default_task_type), cfg)
+        asked.append([Request(messages, candidate) for candidate in params])
+    return asked
+
+
+def complete_clusters(
+    clusters: list[dict],
+    replies: list[list[Generation]],
+    embedder: Embedder,
+    cfg: DistillConfig,
+    members_by_id: Mapping[str, Mapping[str, Any]],
+    saved: SavedVectors | None,
+    model: str,
+) -> list[dict]:
+    """Per cluster, its distilled record or reject from its candidates' replies (the answers
+    to `distill_requests`): one `encode` call for the batch (the pairs, and the members
+    without a `saved` vector); a cluster marked incoherent is rejected without either."""
+    coherent = [index for index, cluster in enumerate(clusters) if is_coherent(cluster)]
+    if not coherent:
+        return [incoherent_reject(cluster) for cluster in clusters]
+    members = {i: _members_of(clusters[i], members_by_id) for i in coherent}
+    task_types = {i: cluster_task_type(members[i], cfg.default_task_type) for i in coherent}
+    drafts = [  # candidate by candidate, as the generate calls came back
+        make_draft(clusters[i], members[i], task_types[i], replies[i][candidate])
+        for candidate in range(cfg.candidates)
+        for i in coherent
+    ]
+    vectors = pair_and_member_vectors(
+        [(d.text, d.members, d.member_texts) for d in drafts], embedder, saved
+    )
+    records = [
+        finish_draft(draft, vector, cfg, model)
+        for draft, vector in zip(drafts, vectors, strict=True)
+    ]
+    count = len(coherent)
+    best = {i: best_candidate(records[place::count]) for place, i in enumerate(coherent)}
+    return [best[i] if i in best else incoherent_reject(c) for i, c in enumerate(clusters)]
 
 
 def make_distill_fn(
@@ -274,44 +198,16 @@ def make_distill_fn(
 ) -> BatchFn:
     """The batch function of the stage: cluster records in, one distilled record or reject each.
 
-    Per batch: one `generate` call per candidate (`candidates`, see the module doc) and one
-    `encode` call (the pairs, and the members without a `saved` vector); clusters marked
-    incoherent are rejected without either. Thread-safe when the generator and the embedder
+    Per batch: `distill_requests`, one `generate` call per candidate (`candidates`, see the
+    module doc), then `complete_clusters`. Thread-safe when the generator and the embedder
     are: a streaming executor calls it from many threads at once.
     """
-    params = candidate_params(cfg)
-
-    def distill_coherent(clusters: list[dict]) -> list[dict]:
-        members = [_members_of(cluster, members_by_id) for cluster in clusters]
-        task_types = [cluster_task_type(group, cfg.default_task_type) for group in members]
-        prompts = [
-            build_messages(group, task_type, cfg)
-            for group, task_type in zip(members, task_types, strict=True)
-        ]
-        drafts = [
-            _draft(*item)
-            for candidate in params
-            for item in zip(
-                clusters, members, task_types, generator.generate(prompts, candidate), strict=True
-            )
-        ]
-        vectors = pair_and_member_vectors(
-            [(d.text, d.members, d.member_texts) for d in drafts], embedder, saved
-        )
-        records = [
-            _finish(draft, vector, cfg, generator.name)
-            for draft, vector in zip(drafts, vectors, strict=True)
-        ]
-        count = len(clusters)
-        return [best_candidate(records[i::count]) for i in range(count)]
 
     def distill_batch(clusters: list[dict]) -> list[dict]:
-        coherent = [cluster for cluster in clusters if is_coherent(cluster)]
-        done = iter(distill_coherent(coherent) if coherent else [])
-        return [
-            next(done) if is_coherent(cluster) else incoherent_reject(cluster)
-            for cluster in clusters
-        ]
+        replies = generate_requests(generator, distill_requests(clusters, members_by_id, cfg))
+        return complete_clusters(
+            clusters, replies, embedder, cfg, members_by_id, saved, generator.name
+        )
 
     return distill_batch
 
@@ -354,16 +250,18 @@ def reject_reasons(rejects_path: str | Path) -> dict[str, int]:
     return dict(Counter(record["reason"] for record in read_records(path)))
 
 
-class DistillStage(RecordStage):
+class DistillStage(RequestStage):
     """The distiller as a per-record stage: cluster records in, one distilled record or
     reject each.
 
     Built from the distill config, the pool file the members come from, the call cache's
     path (None: no cache), the embedder's name (default: the config's) and the file of the
     members' saved embeddings (`io.vectors`, the cluster stage's; absent: embed them). `open()`
-    loads the generator and the embedder and indexes the pool by id. A cluster the backend
-    failed on (`generation_error`) is retried on the next run; every other reject is final.
-    A server backend takes one cluster per call, `generator.concurrency` at once.
+    loads the generator and what `open_for_replies()` opens: the embedder and the pool indexed
+    by id. A cluster the backend failed on (`generation_error`) is retried on the next run;
+    every other reject is final. A server backend takes one cluster per call,
+    `generator.concurrency` at once. As a `RequestStage`, an executor may make the
+    distiller's calls itself (`requests`, then `complete`).
     """
 
     description = "distill"
@@ -385,26 +283,42 @@ class DistillStage(RecordStage):
         self._cache: CallCache | None = None
         self._distill: BatchFn | None = None
         self._generator: Generator | None = None
+        self._embed: Embedder | None = None
+        self._members: dict[str, dict] = {}
+        self._saved: SavedVectors | None = None
+
+    def open_for_replies(self) -> None:
+        from lmmixup.backends.embed import load_embedder
+
+        self._members = {record["id"]: record for record in read_records(self.pool)}
+        self._saved = self.member_vectors and load_vectors(self.member_vectors, self.embedder)
+        # records in flight at once share embedding calls
+        self._embed = CoalescingEncoder(load_embedder(self.embedder, self.cfg.embed_device))
 
     def open(self) -> None:
         from lmmixup.backends import load_generator
-        from lmmixup.backends.embed import load_embedder
 
+        self.open_for_replies()
         self._cache = None if self.cache_path is None else CallCache(self.cache_path)
-        members_by_id = {record["id"]: record for record in read_records(self.pool)}
-        saved = self.member_vectors and load_vectors(self.member_vectors, self.embedder)
         self._generator = load_generator(self.cfg.generator, self._cache)
         self._distill = make_distill_fn(
-            self._generator,
-            # records in flight at once share embedding calls
-            CoalescingEncoder(load_embedder(self.embedder, self.cfg.embed_device)),
-            self.cfg,
-            members_by_id,
-            saved,
+            self._generator, self._embed, self.cfg, self._members, self._saved
         )
 
     def process(self, batch: list[dict]) -> list[dict]:
         return self._distill(batch)
+
+    def llm_backend(self) -> BackendConfig:
+        return self.cfg.generator
+
+    def requests(self, batch: list[dict]) -> list[list[Request]]:
+        return distill_requests(batch, self._members, self.cfg)
+
+    def complete(self, batch: list[dict], replies: list[list[Generation]]) -> list[dict]:
+        model = self.cfg.generator.model
+        return complete_clusters(
+            batch, replies, self._embed, self.cfg, self._members, self._saved, model
+        )
 
     def retry(self, reject: dict) -> bool:
         return reject.get("reason") == GENERATION_ERROR
@@ -419,7 +333,8 @@ class DistillStage(RecordStage):
             self._cache.close()
         if hasattr(self._generator, "close"):
             self._generator.close()
-        self._distill = self._cache = self._generator = None
+        self._distill = self._cache = self._generator = self._embed = self._saved = None
+        self._members = {}
         return report
 
 

@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from lmmixup.backends.base import GenParams, RequestBudgetExhausted, usage_of
-from lmmixup.config import RateConfig
+from lmmixup.backends.base import Generation, GenParams, RequestBudgetExhausted, usage_of
+from lmmixup.config import BackendConfig, RateConfig
 from lmmixup.errors import ConfigError
 from lmmixup.io.cache import CallCache
 from lmmixup.method.rubric import (
@@ -30,7 +30,8 @@ from lmmixup.method.rubric import (
     build_rubric_messages,
     read_rating,
 )
-from lmmixup.runtime.executor import RecordStage, stage_sizing
+from lmmixup.runtime.executor import stage_sizing
+from lmmixup.runtime.requests import Request, RequestStage
 from lmmixup.stages.judge_scores import (
     ScoreReading,
     cached_distribution,
@@ -88,6 +89,40 @@ class BudgetStop:
         return self.reason is not None
 
 
+def judge_params(cfg: RateConfig, attempt: int) -> GenParams:
+    """Decoding settings of a generate-mode attempt: greedy for the first attempt of the
+    first run, sampled with the attempt's seed for every later one."""
+    return GenParams(
+        max_new_tokens=cfg.max_new_tokens,
+        temperature=0.0 if attempt == 0 else 0.7,
+        seed=attempt,
+    )
+
+
+def judge_messages(record: dict, cfg: RateConfig) -> list[dict]:
+    """The rubric request about one record (its texts clipped for the judge)."""
+    return build_rubric_messages(
+        _clip(record["prompt"]), _clip(record["completion"]), rubric_task(record, cfg)
+    )
+
+
+def read_reply(reply: Generation | None, model: str) -> dict | str:
+    """The rating a judge's reply gives, or why it gives none (None: never sent)."""
+    if reply is None:
+        return "not sent: the request cap (max_requests) was reached"
+    if not reply.ok:
+        return f"judge call failed: {reply.error}"
+    rating = read_rating(reply.text)
+    if isinstance(rating, str):
+        return f"unusable judge reply ({rating}): {reply.text[:120]!r}"
+    return rating.to_record(model, "judge-generate")
+
+
+def judged(record: dict, reading: dict | str) -> dict:
+    """The record with the rating `read_reply` read, or its recorded failure."""
+    return failed(record, reading) if isinstance(reading, str) else rated(record, reading)
+
+
 def make_generate_judge(
     generator, cfg: RateConfig, stop: BudgetStop, run_index: int = 0
 ) -> Callable[[list[dict]], list[dict]]:
@@ -99,50 +134,21 @@ def make_generate_judge(
     """
 
     def judge(batch: list[dict]) -> list[dict]:
-        results: dict[int, dict] = {}
+        readings: dict[int, dict | str] = {}
         pending = list(range(len(batch)))
-        errors: dict[int, str] = {}
         for attempt in range(run_index * cfg.attempts, (run_index + 1) * cfg.attempts):
             if not pending or stop():
                 break
-            params = GenParams(
-                max_new_tokens=cfg.max_new_tokens,
-                temperature=0.0 if attempt == 0 else 0.7,
-                seed=attempt,
-            )
-            prompts = [
-                build_rubric_messages(
-                    _clip(batch[i]["prompt"]),
-                    _clip(batch[i]["completion"]),
-                    rubric_task(batch[i], cfg),
-                )
-                for i in pending
-            ]
+            prompts = [judge_messages(batch[i], cfg) for i in pending]
             try:
-                replies = generator.generate(prompts, params)
+                replies = generator.generate(prompts, judge_params(cfg, attempt))
             except RequestBudgetExhausted as exc:
                 stop.reason = str(exc)
                 replies = exc.results
-            still = []
             for index, reply in zip(pending, replies, strict=True):
-                if reply is None:
-                    errors[index] = "not sent: the request cap (max_requests) was reached"
-                    still.append(index)
-                elif not reply.ok:
-                    errors[index] = f"judge call failed: {reply.error}"
-                    still.append(index)
-                elif isinstance(rating := read_rating(reply.text), str):
-                    errors[index] = f"unusable judge reply ({rating}): {reply.text[:120]!r}"
-                    still.append(index)
-                else:
-                    results[index] = rating.to_record(generator.name, "judge-generate")
-            pending = still
-        return [
-            rated(record, results[i])
-            if i in results
-            else failed(record, errors.get(i, "not judged"))
-            for i, record in enumerate(batch)
-        ]
+                readings[index] = read_reply(reply, generator.name)
+            pending = [index for index in pending if isinstance(readings[index], str)]
+        return [judged(record, readings.get(i, "not judged")) for i, record in enumerate(batch)]
 
     return judge
 
@@ -229,7 +235,7 @@ def _server_judge(
     return make_generate_judge(generator, cfg, stop, run_index), generator
 
 
-class JudgeStage(RecordStage):
+class JudgeStage(RequestStage):
     """The rubric judge as a per-record stage: pool records in, records with `rating` out.
 
     Built from the rate config, the call cache's path (None: no cache) and `run_index` (how
@@ -237,6 +243,10 @@ class JudgeStage(RecordStage):
     an output line that is not done, so the next run retries it; a spent request cap stops
     the stage after the batch in flight. `close()` reports the mode used (and why `auto`
     fell back to generate), the model's usage, the cache's hits and misses, and why it stopped.
+
+    In generate mode it is a `RequestStage`: an executor that makes the calls itself asks
+    one attempt per record and run (the first of this run's `attempts`; an unusable reply is
+    a recorded failure that the next run asks again, with a new seed).
     """
 
     description = "rate (judge)"
@@ -262,6 +272,22 @@ class JudgeStage(RecordStage):
 
     def process(self, batch: list[dict]) -> list[dict]:
         return self._judge(batch)
+
+    def llm_backend(self) -> BackendConfig | None:
+        return self.cfg.judge if self.cfg.mode == "generate" else None
+
+    def open_for_replies(self) -> None:
+        self._notes["mode"] = "generate"
+
+    def requests(self, batch: list[dict]) -> list[list[Request]]:
+        params = judge_params(self.cfg, self.run_index * self.cfg.attempts)
+        return [[Request(judge_messages(record, self.cfg), params)] for record in batch]
+
+    def complete(self, batch: list[dict], replies: list[list[Generation]]) -> list[dict]:
+        return [
+            judged(record, read_reply(reply, self.cfg.judge.model))
+            for record, [reply] in zip(batch, replies, strict=True)
+        ]
 
     def is_done(self, record: dict) -> bool:
         return is_rated(record)
