@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from lmmixup.cli.app import app
 from lmmixup.io.jsonl import write_records
-from lmmixup.stages.failures import failure_note
+from lmmixup.stages.failures import failure_note, first_error
 from lmmixup.workflows.health import check_run
 
 LLAMA_OVERFLOW = (
@@ -124,3 +124,17 @@ def test_lmmixup_run_warns_about_prompts_over_the_server_s_context(tmp_path):
     [warning] = [w for w in check_run(tmp_path) if w.code == "model_calls_failed"]
     assert warning.message.startswith("distill: 2 of 5 clusters failed; 2 requests had a")
     assert "-np slots" in warning.advice
+
+
+def test_the_first_error_is_the_first_reject_that_says_why(tmp_path):
+    rejects = tmp_path / "out.rejects.jsonl"
+    write_records(
+        rejects,
+        [
+            {"reason": "generation_error", "raw": {"id": "a"}},
+            {"reason": "copy", "raw": {"id": "b", "error": "not this reason"}},
+            {"reason": "generation_error", "raw": {"id": "c", "error": "HTTP 500"}},
+        ],
+    )
+    assert first_error(rejects, "generation_error") == {"first_error": "HTTP 500"}
+    assert first_error(rejects, "drift") == {}

@@ -148,6 +148,7 @@ def test_a_correct_merge_passes_and_carries_its_scores():
         "unsupported_numbers",
         "placeholders",
         "unsupported_entities",
+        "term_support",
         "near_copy",
         "coverage",
         "min_member_coverage",
@@ -327,6 +328,37 @@ def test_a_completion_ending_on_a_colon_is_unfinished():
         pricing["prompt"], "Sure, here is an example pricing list:", [pricing], CFG
     )
     assert "unfinished" in result.flags
+
+
+def test_a_pair_mostly_of_terms_no_member_has_is_unsupported_terms():
+    kali = member(
+        "How do I see disabled users in Kali?",
+        "In Kali Linux, view disabled users with sudo cat /etc/shadow: a locked account "
+        "shows an exclamation mark in its password field.",
+    )
+    invented = verify_pair(
+        "How do I ninja a user in cron?",
+        "In Kali Linux, ninja a user with sudo net admin, or netadd when needed; it reveals "
+        "usernames, passwords and privilege levels.",
+        [kali],
+        CFG,
+    )
+    assert "unsupported_terms" in invented.flags and invented.term_support < 0.5
+    kept = verify_pair(kali["prompt"], kali["completion"], [kali], CFG)
+    assert "unsupported_terms" not in kept.flags and kept.term_support == 1.0
+
+
+@pytest.mark.parametrize("ending", ["...", "\u2026"])
+def test_a_completion_that_breaks_off_is_unfinished(ending):
+    cut = member("How do I see disabled users?", "Run sudo cat /etc/shadow; locked ones are loc...")
+    result = verify_pair(
+        cut["prompt"], f"Run sudo cat /etc/shadow; locked are loc{ending}", [cut], CFG
+    )
+    assert "unfinished" in result.flags
+    whole = verify_pair(
+        cut["prompt"], "Run sudo cat /etc/shadow; locked ones show a !.", [cut], CFG
+    )
+    assert "unfinished" not in whole.flags
 
 
 def test_min_member_coverage_is_the_least_kept_member():

@@ -412,6 +412,13 @@ class DistillConfig(Section):
         description="Verifier dropped_member: the pair must keep at least this share of every member's key terms; less means the merge left a member out (2 of the 699 bundled MIXTURE target merges fall below 0.15).",
         json_schema_extra=ADDED_LATER,
     )
+    min_term_support: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="Verifier unsupported_terms: at least this share of the pair's key terms must appear in some member; less means the pair is mostly content no member has (30 of the 699 bundled MIXTURE targets, whose members are degraded copies, fall below 0.5).",
+        json_schema_extra=ADDED_LATER,
+    )
     redundant_coverage: float = Field(
         0.9,
         gt=0,

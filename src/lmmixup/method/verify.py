@@ -62,6 +62,7 @@ VERIFY_REASONS = (
     "placeholder",
     "leaked_instruction",
     "unsupported_entity",
+    "unsupported_terms",
     "unfinished",
     "low_coverage",
     "dropped_member",
@@ -102,6 +103,9 @@ _BINARY = {
     ast.Mult: operator.mul,
     ast.Div: operator.truediv,
 }
+UNFINISHED_ENDINGS = (":", "...", "\u2026")
+"""A completion ending so announces content it never gives, or breaks off (a member cut off
+in the source data ends "...", and a distiller copying it does too)."""
 DIFFERENT_QUESTION_BELOW = 0.5
 """Word-level similarity under which two prompts ask different things (the spliced check)."""
 _MIN_RUN = 4  # words: a shorter match with a member is not a copied run
@@ -125,6 +129,7 @@ class Verification:
     near_copy: float
     coverage: float
     min_member_coverage: float = 1.0
+    term_support: float = 1.0
     spliced: tuple[int, int] | None = None
     leaked: str | None = None
 
@@ -141,6 +146,7 @@ class Verification:
             "near_copy": round(self.near_copy, 4),
             "coverage": round(self.coverage, 4),
             "min_member_coverage": round(self.min_member_coverage, 4),
+            "term_support": round(self.term_support, 4),
             "spliced": None if self.spliced is None else list(self.spliced),
             "leaked": self.leaked,
         }
@@ -384,9 +390,12 @@ def verify_pair(
         flags.append("unsupported_entity")
 
     pair_terms = key_terms(text)
+    support = _coverage(pair_terms, key_terms(member_lower))
+    if support < cfg.min_term_support:
+        flags.append("unsupported_terms")
     shown = [linearise([member], cfg.max_member_chars) for member in members]
     coverages = [_coverage(key_terms(member), pair_terms) for member in shown]
-    if completion.rstrip().endswith(":"):
+    if completion.rstrip().endswith(UNFINISHED_ENDINGS):
         flags.append("unfinished")
     coverage = sum(coverages) / len(coverages) if coverages else 1.0
     if coverage < cfg.min_coverage:
@@ -406,6 +415,7 @@ def verify_pair(
         near_copy=near_copy,
         coverage=coverage,
         min_member_coverage=min(coverages, default=1.0),
+        term_support=support,
         spliced=spliced,
         leaked=leaked,
     )

@@ -81,11 +81,13 @@ def distill_failures(counts: dict[str, Any], reason: str) -> FailureNote | None:
 
 
 def first_error(rejects_path: str | Path, reason: str) -> dict[str, str]:
-    """{"first_error": ...} from the first reject with `reason` ({} when there is none)."""
+    """{"first_error": ...} from the first reject with `reason` that says why ({} when none
+    does)."""
     path = Path(rejects_path)
     if not path.exists():
         return {}
     for record in read_records(path):
-        if record.get("reason") == reason:
-            return {"first_error": str(record.get("raw", {}).get("error"))}
+        error = (record.get("raw") or {}).get("error")
+        if record.get("reason") == reason and error:
+            return {"first_error": str(error)}
     return {}
