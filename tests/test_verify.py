@@ -98,6 +98,14 @@ def test_placeholders():
     assert placeholders_in(text) == ["[insert link]", "[...]", "{name}", "<insert your email>"]
 
 
+def test_a_pair_that_writes_out_a_slot_of_the_layout_is_a_placeholder():
+    quantum = member("Explain quantum computing simply.", "It computes with qubits.")
+    result = verify_pair("<the question>", "It computes with qubits.", [quantum], CFG)
+    assert result.flags[:1] == ("placeholder",) and result.placeholders == ("<the question>",)
+    assert placeholders_in("pick <option> a") == ["<option>"]
+    assert placeholders_in("if a <b and c> d") == []
+
+
 def test_entities_are_capitalised_words_mid_sentence():
     assert entities_in("The feature by Chime that I use. Then NASA said, Paris is big") == [
         "Chime",

@@ -51,6 +51,7 @@ from lmmixup.config import DistillConfig
 from lmmixup.method.answers import FinalAnswer, answers_agree, final_answer, numbers_in
 from lmmixup.method.faithfulness import word_tokens
 from lmmixup.method.prompt import SYSTEM_PROMPT, USER_PROMPT, default_think, linearise
+from lmmixup.method.tasks import TASK_FORMATS
 
 VERIFY_REASONS = (
     "near_copy",
@@ -86,6 +87,11 @@ _PLACEHOLDER = re.compile(
     re.IGNORECASE,
 )
 _CHECKBOX = re.compile(r"\[\s*[xX ]?\s*\]")
+LAYOUT_SLOTS = frozenset(
+    slot for task in TASK_FORMATS.values() for slot in re.findall(r"<[^<>\n]+>", task.layout)
+)
+"""The slots of the answer layouts the distiller is shown (`<the question>`, `<option>`):
+a pair that writes one out filled nothing in."""
 _ENTITY = re.compile(r"(?<=[a-z0-9,;] )[A-Z][A-Za-z]*[A-Za-z]")
 _KEY_WORD = re.compile(r"[a-z]{4,}")
 _EQUATION = re.compile(r"([^=\n<>.;:!?]*?)=\s*\$?(\d[\d,]*(?:\.\d+)?)")
@@ -225,13 +231,15 @@ def _same(value: float, written: float) -> bool:
 
 
 def placeholders_in(text: str) -> list[str]:
-    """Bracketed placeholders in a text (`[your name]`, `[...]`, `{name}`, `<insert link>`);
-    not markdown links, checkboxes or indexing (`x[i]`)."""
-    return [
+    """Bracketed placeholders in a text (`[your name]`, `[...]`, `{name}`, `<insert link>`,
+    a layout slot such as `<the question>`); not markdown links, checkboxes or indexing
+    (`x[i]`)."""
+    found = [
         match.group()
         for match in _PLACEHOLDER.finditer(text)
         if not _CHECKBOX.fullmatch(match.group())
     ]
+    return found + [slot for slot in LAYOUT_SLOTS if slot in text]
 
 
 def entities_in(text: str) -> list[str]:
