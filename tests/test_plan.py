@@ -212,3 +212,8 @@ def test_clusters_rejected_as_incoherent_are_no_distiller_calls():
     counts = {"written": 2, "rejected": 5, "reject_reasons": {"incoherent": 4, "format": 1}}
     assert actual_use("distill", counts)["calls"] == 3
     assert actual_use("distill", {**counts, "reject_reasons": {}})["calls"] == 7
+
+
+def test_each_candidate_of_a_cluster_is_a_distiller_call():
+    counts = {"written": 2, "rejected": 5, "reject_reasons": {"incoherent": 4, "format": 1}}
+    assert actual_use("distill", counts, {"candidates": 4})["calls"] == 12

@@ -340,8 +340,9 @@ def _distill_plan(
 # ---------------------------------------------------------------------------- after the run
 
 
-def actual_use(stage: str, counts: dict) -> dict[str, int | None]:
-    """The model calls and tokens a stage's manifest counts record (None: not recorded)."""
+def actual_use(stage: str, counts: dict, config: dict | None = None) -> dict[str, int | None]:
+    """The model calls and tokens a stage's manifest counts record (None: not recorded);
+    `config` is the stage's (distill: its `candidates`, calls per cluster)."""
     judged = stage in ("rate", "rerate")
     usage = counts.get("judge_usage" if judged else "distiller_usage")
     if usage:
@@ -355,6 +356,7 @@ def actual_use(stage: str, counts: dict) -> dict[str, int | None]:
     if calls is not None and not judged:
         # clusters below the cohesion floor are rejected without a model call
         calls -= counts.get("reject_reasons", {}).get(INCOHERENT, 0)
+        calls *= (config or {}).get("candidates", 1)
     return {"calls": calls, "prompt_tokens": None, "completion_tokens": None}
 
 
@@ -365,7 +367,7 @@ def against_plan(plan: dict, stages: dict[str, dict]) -> list[dict]:
         name = planned["stage"]
         if not planned["calls"] or name not in stages:
             continue
-        actual = actual_use(name, stages[name].get("counts", {}))
+        actual = actual_use(name, stages[name].get("counts", {}), stages[name].get("config"))
         rows.append(
             {
                 "stage": name,
