@@ -338,6 +338,13 @@ def test_a_completion_ending_on_a_colon_is_unfinished():
     assert "unfinished" in result.flags
 
 
+def test_a_completion_that_only_repeats_its_prompt_is_an_echo():
+    hello = member("hi", "Hello! How can I assist you today?")
+    echo = verify_pair("How can I assist you today?", "How can I assist you today?", [hello], CFG)
+    assert echo.flags[:1] == ("echo",)
+    assert "echo" not in verify_pair("hi", hello["completion"], [hello], CFG).flags
+
+
 def test_a_pair_mostly_of_terms_no_member_has_is_unsupported_terms():
     kali = member(
         "How do I see disabled users in Kali?",

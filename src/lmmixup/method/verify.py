@@ -54,6 +54,7 @@ from lmmixup.method.prompt import SYSTEM_PROMPT, USER_PROMPT, default_think, lin
 from lmmixup.method.tasks import TASK_FORMATS
 
 VERIFY_REASONS = (
+    "echo",
     "near_copy",
     "spliced",
     "answer_mismatch",
@@ -343,6 +344,9 @@ def verify_pair(
     member_lower = "\n".join(full_members).lower()
     member_words = set(word_tokens(member_lower))
     flags: list[str] = []
+
+    if word_tokens(prompt.lower()) == word_tokens(completion.lower()):
+        flags.append("echo")
 
     near_copy, tail = near_copy_score(text, full_members)
     if near_copy >= cfg.near_copy_share and any(
