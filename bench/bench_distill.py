@@ -19,7 +19,8 @@ from lmmixup.config import ClusterConfig, DistillConfig
 from lmmixup.method.prompt import build_messages
 from lmmixup.method.reply import parse_output
 from lmmixup.stages.cluster import cluster_records
-from lmmixup.stages.distill import closed_reply, distill_params
+from lmmixup.stages.distill import distill_params
+from lmmixup.stages.distill_drafts import closed_reply
 
 
 def prompts_for(clusters: int, cfg: DistillConfig) -> list[list[dict]]:

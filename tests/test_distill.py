@@ -17,13 +17,8 @@ from lmmixup.method.faithfulness import check_faithfulness, copy_overlap
 from lmmixup.method.prompt import TRUNCATION_MARKER, build_messages, linearise
 from lmmixup.method.reply import ParsedOutput, answer_to_pair, is_well_formed, parse_output
 from lmmixup.runtime.executor import REJECT_KEY
-from lmmixup.stages.distill import (
-    GENERATION_ERROR,
-    UNCLOSED_ANSWER,
-    distill_clusters,
-    load_members,
-    make_distill_fn,
-)
+from lmmixup.stages.distill import distill_clusters, load_members, make_distill_fn
+from lmmixup.stages.distill_drafts import GENERATION_ERROR, UNCLOSED_ANSWER
 
 CFG = DistillConfig()
 

@@ -28,7 +28,8 @@ from lmmixup.method.knn_bayes import KnnBayesScorer, ScorerLibrary
 from lmmixup.mixture import LexicalEmbedder
 from lmmixup.rewards import RewardSettings, RewardStats, build_reward_set, format_score
 from lmmixup.runtime.executor import REJECT_KEY
-from lmmixup.stages.distill import UNCLOSED_ANSWER, make_distill_fn
+from lmmixup.stages.distill import make_distill_fn
+from lmmixup.stages.distill_drafts import UNCLOSED_ANSWER
 
 RECORDS = [
     {

@@ -16,7 +16,7 @@ from vllm_engine_standin import FAIL, ScriptedVLLM, standin_processor
 
 import lmmixup.backends as backends
 from lmmixup.backends.base import GenParams
-from lmmixup.backends.vllm_local import load_chat_tokenizer, render_chat
+from lmmixup.backends.chat import load_chat_tokenizer, render_chat
 from lmmixup.config import DistillConfig, ExecutorConfig, RateConfig
 from lmmixup.errors import ConfigError
 from lmmixup.io.jsonl import read_records, write_records

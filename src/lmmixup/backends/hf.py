@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from lmmixup.backends.base import Generation, GenParams, Messages, cut_at_stop
+from lmmixup.backends.chat import render_chat
 from lmmixup.backends.device import resolve_device
 from lmmixup.errors import LmmixupError
 from lmmixup.io.assets import model_fingerprint, resolve_model
@@ -62,10 +63,7 @@ class HFChatModel:
 
     def render(self, messages: Messages, assistant_prefix: str = "") -> str:
         """The chat-formatted prompt text, ready for the model's reply (optionally pre-filled)."""
-        text = self.tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=True
-        )
-        return text + assistant_prefix
+        return render_chat(self.tokenizer, messages, assistant_prefix)
 
     def _batches(self, texts: list[str]) -> list[list[int]]:
         """Indices grouped into batches of similar token length (less padding, faster)."""

@@ -9,6 +9,7 @@ string, from vLLM's `stop_reason`), eos or length. For a remote GPU, `vllm serve
 from __future__ import annotations
 
 from lmmixup.backends.base import Generation, GenParams, Messages
+from lmmixup.backends.chat import render_chat
 from lmmixup.errors import LmmixupError
 from lmmixup.io.assets import model_fingerprint, resolve_model
 
@@ -86,17 +87,3 @@ class VLLMChatModel:
             len(output.prompt_token_ids),
             stop_string=stop,
         )
-
-
-def render_chat(tokenizer, messages: Messages, assistant_prefix: str = "") -> str:
-    """The chat-formatted prompt text, ready for the model's reply (optionally pre-filled):
-    the model's chat template with its generation prompt, then the pre-fill."""
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return text + assistant_prefix
-
-
-def load_chat_tokenizer(model: str):
-    """The tokenizer (with its chat template) of `model`, without loading the model."""
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(resolve_model(model))

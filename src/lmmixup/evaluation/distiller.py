@@ -45,7 +45,8 @@ from lmmixup.method.reply import answer_to_pair, reply_format
 from lmmixup.progress import progress
 from lmmixup.rewards.config import COMPONENTS, RewardSet, RewardSettings, load_reward_set
 from lmmixup.runtime.executor import BatchFn
-from lmmixup.stages.distill import closed_reply, distill_params
+from lmmixup.stages.distill import distill_params
+from lmmixup.stages.distill_drafts import closed_reply
 from lmmixup.training.trainer import FINAL_DIR
 
 RESULTS_JSON = "results.json"

@@ -34,7 +34,7 @@ from collections.abc import Callable
 from typing import Any
 
 from lmmixup.backends.base import Generation, GenParams
-from lmmixup.backends.vllm_local import load_chat_tokenizer, render_chat
+from lmmixup.backends.chat import load_chat_tokenizer, render_chat
 from lmmixup.config import BackendConfig, ExecutorConfig
 from lmmixup.errors import ConfigError
 from lmmixup.io.assets import resolve_model

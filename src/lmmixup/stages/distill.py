@@ -73,8 +73,6 @@ from lmmixup.stages.distill_drafts import (
     finish_draft,
     make_draft,
 )
-from lmmixup.stages.distill_drafts import UNCLOSED_ANSWER as UNCLOSED_ANSWER  # re-exported
-from lmmixup.stages.distill_drafts import closed_reply as closed_reply  # re-exported
 from lmmixup.stages.distill_vectors import pair_and_member_vectors
 from lmmixup.stages.failures import distill_failures, first_error
 from lmmixup.types import Embedder
@@ -168,8 +166,6 @@ def complete_clusters(
     to `distill_requests`): one `encode` call for the batch (the pairs, and the members
     without a `saved` vector); a cluster marked incoherent is rejected without either."""
     coherent = [index for index, cluster in enumerate(clusters) if is_coherent(cluster)]
-    if not coherent:
-        return [incoherent_reject(cluster) for cluster in clusters]
     members = {i: _members_of(clusters[i], members_by_id) for i in coherent}
     task_types = {i: cluster_task_type(members[i], cfg.default_task_type) for i in coherent}
     drafts = [  # candidate by candidate, as the generate calls came back

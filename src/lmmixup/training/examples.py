@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lmmixup.backends.chat import render_chat
 from lmmixup.errors import LmmixupError
 from lmmixup.io.jsonl import read_records
 from lmmixup.method.prompt import prompt_messages, target_text
@@ -32,8 +33,7 @@ def read_split(mixture_dir: str | Path, split: str) -> list[dict]:
 
 def prompt_ids(tokenizer: Any, messages: list[dict]) -> list[int]:
     """Token ids of a chat prompt ready for the reply, as `HFChatModel` feeds it."""
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
+    return tokenizer(render_chat(tokenizer, messages), add_special_tokens=False)["input_ids"]
 
 
 def completion_example(

@@ -18,9 +18,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lmmixup.backends.chat import load_chat_tokenizer, render_chat
 from lmmixup.config import BackendConfig, ImportConfig, RunConfig
 from lmmixup.errors import LmmixupError
-from lmmixup.io.assets import resolve_model
 from lmmixup.io.sources import default_source_name, iter_source
 from lmmixup.method.cluster_sizes import draw_cluster_sizes
 from lmmixup.method.prompt import build_messages
@@ -175,18 +175,13 @@ class TokenCounter:
         if self.tokenizer is None:
             text = "".join(m["content"] for m in messages) + assistant_prefix
             return self.text(text) + 4 * len(messages)  # role markers
-        rendered = self.tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=True
-        )
-        return self.text(rendered + assistant_prefix)
+        return self.text(render_chat(self.tokenizer, messages, assistant_prefix))
 
 
 def _tokenizer(model: str):
     """The model's tokenizer, None where it cannot be loaded here (then tokens are estimated)."""
-    from transformers import AutoTokenizer
-
     try:
-        return AutoTokenizer.from_pretrained(resolve_model(model))
+        return load_chat_tokenizer(model)
     except (OSError, ValueError, LmmixupError):
         return None
 
