@@ -642,3 +642,18 @@ def test_every_cluster_ends_as_one_output_or_one_reject(tmp_path, monkeypatch):
     ]
     assert sorted(ids) == ["c10", "c11", "c9"]
     assert counts["reject_reasons"] == {"incoherent": 1} and counts["distilled"] == 2
+
+
+def test_no_model_loads_when_every_cluster_is_incoherent(tmp_path, monkeypatch):
+    def refuse(cfg, cache):
+        raise AssertionError("the distiller was loaded for incoherent clusters only")
+
+    monkeypatch.setattr("lmmixup.backends.load_generator", refuse)
+    monkeypatch.setattr("lmmixup.backends.embed.load_embedder", lambda *_: ConstantEmbedder())
+    write_records(tmp_path / "pool.jsonl", MATH_POOL)
+    write_records(tmp_path / "clusters.jsonl", [{**MATH_CLUSTER, "coherent": False}])
+    out, rejects = tmp_path / "distilled.jsonl", tmp_path / "rejects.jsonl"
+    counts = distill_clusters(
+        tmp_path / "clusters.jsonl", tmp_path / "pool.jsonl", out, rejects, DistillConfig()
+    )
+    assert counts["reject_reasons"] == {"incoherent": 1} and counts["distilled"] == 0

@@ -251,10 +251,11 @@ class DistillStage(RequestStage):
     reject each.
 
     Built from the distill config, the pool file the members come from, the call cache's
-    path (None: no cache), the embedder's name (default: the config's) and the file of the
-    members' saved embeddings (`io.vectors`, the cluster stage's; absent: embed them). `open()`
-    loads the generator and what `open_for_replies()` opens: the embedder and the pool indexed
-    by id. A cluster the backend failed on (`generation_error`) is retried on the next run;
+    path (None: no cache), the embedder's name (default: the config's), the file of the
+    members' saved embeddings (`io.vectors`, the cluster stage's; absent: embed them) and
+    whether any cluster needs the model (`needs_model`; False when every cluster is marked
+    incoherent). `open()` loads the generator (when needed) and what `open_for_replies()`
+    opens: the embedder and the pool indexed by id. A cluster the backend failed on (`generation_error`) is retried on the next run;
     every other reject is final. A server backend takes one cluster per call,
     `generator.concurrency` at once. As a `RequestStage`, an executor may make the
     distiller's calls itself (`requests`, then `complete`).
@@ -269,12 +270,14 @@ class DistillStage(RequestStage):
         cache_path: Path | None = None,
         embedder: str | None = None,
         member_vectors: Path | None = None,
+        needs_model: bool = True,
     ):
         self.cfg = cfg
         self.pool = pool
         self.cache_path = cache_path
         self.embedder = embedder or cfg.embedder
         self.member_vectors = member_vectors
+        self.needs_model = needs_model
         self.batch_size, self.concurrency = stage_sizing(cfg.generator)
         self._cache: CallCache | None = None
         self._distill: BatchFn | None = None
@@ -295,6 +298,8 @@ class DistillStage(RequestStage):
         from lmmixup.backends import load_generator
 
         self.open_for_replies()
+        if not self.needs_model:  # every cluster is rejected as incoherent, without a call
+            return
         self._cache = None if self.cache_path is None else CallCache(self.cache_path)
         self._generator = load_generator(self.cfg.generator, self._cache)
         self._distill = make_distill_fn(
@@ -302,6 +307,8 @@ class DistillStage(RequestStage):
         )
 
     def process(self, batch: list[dict]) -> list[dict]:
+        if self._distill is None:  # no model loaded: no cluster asks for one
+            return self.complete(batch, [[] for _ in batch])
         return self._distill(batch)
 
     def llm_backend(self) -> BackendConfig:
@@ -360,7 +367,8 @@ def distill_clusters(
     ]
     cache_path = None if cache is None else cache.path
     saved = vectors_beside(clusters_path)  # the cluster stage's, when it is there
-    stage = DistillStage(cfg, Path(pool_path), cache_path, embedder_name, saved)
+    needs_model = any(is_coherent(cluster) for _, cluster in clusters)
+    stage = DistillStage(cfg, Path(pool_path), cache_path, embedder_name, saved, needs_model)
     run = current_executor().run(
         stage,
         clusters,
