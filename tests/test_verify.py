@@ -288,11 +288,38 @@ def test_a_question_joined_to_another_members_answer_is_spliced():
     assert result.as_dict()["spliced"] == [0, 1]
 
 
+def test_a_clipped_members_question_joined_to_another_members_answer_is_spliced():
+    # The distiller saw only the first part of a long question (max_member_chars) and copied
+    # that part: compared with the whole member it is under 0.8 alike, as shown it is a copy.
+    letter = "Dear landlord, I am writing about the broken heating in my flat. " * 12
+    long_question = member(letter + "Can you fix it this week?", "I will send someone.")
+    title = member("Suggest a title for an article about city gardens.", "Green Roofs Rising")
+    cfg = DistillConfig(max_member_chars=400)
+    clipped_prompt = letter[:300]
+    result = verify_pair(clipped_prompt, title["completion"], [long_question, title], cfg)
+    assert result.spliced == (0, 1)
+    assert "spliced" in result.flags
+
+
 def test_redundant_members_asking_the_same_question_are_not_spliced():
     other = member(PENS["prompt"], "Each pen costs $2, so 3 pens cost $6.\n#### 6")
     result = verify_pair(PENS["prompt"], other["completion"], [PENS, other], CFG)
     assert result.spliced is None
     assert "spliced" not in result.flags
+
+
+def test_an_answer_from_a_member_whose_question_was_cut_short_is_not_spliced():
+    # MIXTURE members are damaged copies: one asks only the start of the question.
+    short = member("Theo buys 3 pens", "Each pen costs $2, so 3 pens cost $6.\n#### 6")
+    result = verify_pair(PENS["prompt"], short["completion"], [PENS, short], CFG)
+    assert result.spliced is None
+
+
+def test_a_copy_of_one_member_is_not_spliced_when_another_gives_the_same_answer():
+    greeting = member("hi", "Hello! How can I help you today?")
+    other = member("Tell me a joke about cats.", "Hello! How can I help you today?")
+    result = verify_pair(greeting["prompt"], greeting["completion"], [other, greeting], CFG)
+    assert result.spliced is None
 
 
 def test_a_merge_of_its_own_words_is_not_spliced():

@@ -375,7 +375,7 @@ class DistillConfig(Section):
         0.8,
         gt=0,
         le=1,
-        description="Verifier spliced: drop a pair whose prompt is one member's and completion another's (word-level similarity at least this each) when those members ask different things.",
+        description="Verifier spliced: drop a pair whose prompt is taken from one member's and completion from another's (at least this share of the words of each, in order) when those members ask different things.",
         json_schema_extra=ADDED_LATER,
     )
     leak_min_words: int = Field(

@@ -35,8 +35,9 @@ def _cut(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[:limit].rstrip() + TRUNCATION_MARKER
 
 
-def _member_block(member: Mapping[str, Any], max_chars: int) -> str:
-    """One member as `Q: prompt` / `A: completion`, at most `max_chars` characters of content.
+def shown_member(member: Mapping[str, Any], max_chars: int) -> tuple[str, str]:
+    """A member's prompt and completion as the distiller is shown them: at most `max_chars`
+    characters of content, each cut part ending in the truncation marker.
 
     The prompt may use half the room, or more when the completion is short; the completion
     gets the rest.
@@ -44,7 +45,13 @@ def _member_block(member: Mapping[str, Any], max_chars: int) -> str:
     prompt, completion = member["prompt"].strip(), member["completion"].strip()
     prompt_room = max(max_chars // 2, max_chars - len(completion))
     completion_room = max_chars - min(len(prompt), prompt_room)
-    return f"Q: {_cut(prompt, prompt_room)}\nA: {_cut(completion, completion_room)}"
+    return _cut(prompt, prompt_room), _cut(completion, completion_room)
+
+
+def _member_block(member: Mapping[str, Any], max_chars: int) -> str:
+    """One member as `Q: prompt` / `A: completion`, cut as `shown_member` cuts it."""
+    prompt, completion = shown_member(member, max_chars)
+    return f"Q: {prompt}\nA: {completion}"
 
 
 def linearise(members: Sequence[Mapping[str, Any]], max_member_chars: int) -> str:

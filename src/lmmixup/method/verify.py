@@ -22,9 +22,10 @@ Each verifier gives a score recorded on the pair and, when it fails, a reject re
 - near_copy: the pair repeats one member in long runs for at least `near_copy_share` of its
   words, and what follows the last run holds a content word no member has: a copy whose
   ending was changed (the exact copy is the `copy` check of `lmmixup.method.faithfulness`);
-- spliced: the pair's prompt is one member's prompt and its completion another member's
-  completion (each at least `splice_similarity` alike, word level), and those two members ask
-  different things: a question paired with an answer to another question;
+- spliced: the pair's prompt is taken from one member's prompt and its completion from
+  another member's completion (at least `splice_similarity` of the words of each, in order,
+  members as the distiller was shown them), and those two members ask different things: a
+  question paired with an answer to another question;
 - unfinished: the completion ends on a colon, announcing content it never gives
   ("Here is the list:"), which is what a reply cut at a stop string looks like;
 - low_coverage: the mean over members of the share of each member's key terms (content
@@ -50,7 +51,13 @@ from typing import Any
 from lmmixup.config import DistillConfig
 from lmmixup.method.answers import FinalAnswer, answers_agree, final_answer, numbers_in
 from lmmixup.method.faithfulness import word_tokens
-from lmmixup.method.prompt import SYSTEM_PROMPT, USER_PROMPT, default_think, linearise
+from lmmixup.method.prompt import (
+    SYSTEM_PROMPT,
+    USER_PROMPT,
+    default_think,
+    linearise,
+    shown_member,
+)
 from lmmixup.method.tasks import TASK_FORMATS
 
 VERIFY_REASONS = (
@@ -114,7 +121,8 @@ UNFINISHED_ENDINGS = (":", "...", "\u2026")
 """A completion ending so announces content it never gives, or breaks off (a member cut off
 in the source data ends "...", and a distiller copying it does too)."""
 DIFFERENT_QUESTION_BELOW = 0.5
-"""Word-level similarity under which two prompts ask different things (the spliced check)."""
+"""Share of the shorter prompt's words in the other under which two prompts ask different
+things (the spliced check)."""
 _MIN_RUN = 4  # words: a shorter match with a member is not a copied run
 # Relative error allowed between an equation's sides: written results are often rounded
 # (`10 / 3 = 3.33`), so a result within 1% of the exact value counts as correct.
@@ -276,31 +284,58 @@ def near_copy_score(text: str, member_texts: Sequence[str]) -> tuple[float, list
     return best, tail
 
 
-def _similarity(matcher: SequenceMatcher, text: str) -> float:
-    matcher.set_seq1(word_tokens(text))
-    return matcher.ratio()
+def _matched_words(matcher: SequenceMatcher, text: str) -> tuple[int, int]:
+    """How many words of the matcher's text (its second sequence) are found, in order, in
+    `text`, and how many words `text` has."""
+    words = word_tokens(text)
+    matcher.set_seq1(words)
+    return sum(block.size for block in matcher.get_matching_blocks()), len(words)
+
+
+def _taken_from(matcher: SequenceMatcher, text: str) -> float:
+    """The share of the matcher's text found, in order, in `text`."""
+    matched, _ = _matched_words(matcher, text)
+    return matched / len(matcher.b) if matcher.b else 0.0
+
+
+def _same_question(matcher: SequenceMatcher, text: str) -> bool:
+    """Whether the matcher's prompt and `text` ask the same thing: at least
+    `DIFFERENT_QUESTION_BELOW` of the shorter one's words are in the other, in order (a
+    prompt cut short, or one with words added, still asks what the whole one asks)."""
+    matched, length = _matched_words(matcher, text)
+    shorter = min(length, len(matcher.b))
+    return shorter > 0 and matched / shorter >= DIFFERENT_QUESTION_BELOW
 
 
 def spliced_members(
-    prompt: str, completion: str, members: Sequence[Mapping[str, Any]], threshold: float
+    prompt: str, completion: str, shown: Sequence[tuple[str, str]], threshold: float
 ) -> tuple[int, int] | None:
-    """(i, j) when the pair's prompt is member i's and its completion member j's (word-level
-    similarity >= `threshold` each) and member j's own prompt is unlike the pair's (below
-    `DIFFERENT_QUESTION_BELOW`, so a damaged copy of the same question is not): a question
-    joined to another question's answer. None otherwise (members asking the same thing, as in
-    a cluster of redundant samples, are never spliced)."""
-    if len(members) < 2:
+    """(i, j) when the pair's prompt is taken from member i's and its completion from member
+    j's (at least `threshold` of the words of each, in order), member i's own completion
+    fits the pair's less well, and member j's prompt asks something else (`_same_question`
+    is false, so a damaged copy of the same question is not): a question joined to another
+    question's answer. None otherwise (members asking
+    the same thing, as in a cluster of redundant samples, are never spliced).
+
+    `shown` holds each member's (prompt, completion) as the distiller was shown them
+    (`shown_member`): a pair copied from a member cut to `max_member_chars` is compared with
+    what the distiller could copy, and a pair taking only the start of a long member is
+    still taken from it.
+    """
+    if len(shown) < 2:
         return None
     by_prompt, by_completion = SequenceMatcher(autojunk=False), SequenceMatcher(autojunk=False)
     by_prompt.set_seq2(word_tokens(prompt))
     by_completion.set_seq2(word_tokens(completion))
-    prompt_sims = [_similarity(by_prompt, member["prompt"]) for member in members]
-    completion_sims = [_similarity(by_completion, member["completion"]) for member in members]
-    i = max(range(len(members)), key=prompt_sims.__getitem__)
-    j = max(range(len(members)), key=completion_sims.__getitem__)
-    if i == j or prompt_sims[i] < threshold or completion_sims[j] < threshold:
+    prompt_shares = [_taken_from(by_prompt, member_prompt) for member_prompt, _ in shown]
+    completion_shares = [_taken_from(by_completion, answer) for _, answer in shown]
+    i = max(range(len(shown)), key=prompt_shares.__getitem__)
+    j = max(range(len(shown)), key=completion_shares.__getitem__)
+    if completion_shares[i] >= completion_shares[j]:
+        return None  # the pair's question comes with its own answer, or one as close
+    if prompt_shares[i] < threshold or completion_shares[j] < threshold:
         return None
-    return None if prompt_sims[j] >= DIFFERENT_QUESTION_BELOW else (i, j)
+    return None if _same_question(by_prompt, shown[j][0]) else (i, j)
 
 
 _INSTRUCTION_TEXTS = (
@@ -354,7 +389,8 @@ def verify_pair(
     ):
         flags.append("near_copy")
 
-    spliced = spliced_members(prompt, completion, members, cfg.splice_similarity)
+    shown = [shown_member(member, cfg.max_member_chars) for member in members]
+    spliced = spliced_members(prompt, completion, shown, cfg.splice_similarity)
     if spliced is not None:
         flags.append("spliced")
 
@@ -405,8 +441,8 @@ def verify_pair(
     support = _coverage(pair_terms, key_terms(member_lower))
     if support < cfg.min_term_support:
         flags.append("unsupported_terms")
-    shown = [linearise([member], cfg.max_member_chars) for member in members]
-    coverages = [_coverage(key_terms(member), pair_terms) for member in shown]
+    blocks = [linearise([member], cfg.max_member_chars) for member in members]
+    coverages = [_coverage(key_terms(block), pair_terms) for block in blocks]
     if completion.rstrip().endswith(UNFINISHED_ENDINGS):
         flags.append("unfinished")
     coverage = sum(coverages) / len(coverages) if coverages else 1.0
