@@ -174,3 +174,28 @@ def test_stop_criteria_fire_on_new_text_only(tiny_llama):
     assert criteria(ids, None).tolist() == [True, False]
     assert criteria(torch.tensor([prompt]), None).tolist() == [False]
     assert stop_criteria(model.tokenizer, (), len(prompt)) == []
+
+
+def test_generation_with_a_shared_prefix_equals_plain_generation(tiny_llama):
+    import torch
+
+    model = HFChatModel(str(tiny_llama), dtype="float32", batch_size=3)
+    torch.manual_seed(0)
+    with torch.no_grad():  # larger weights: the tiny model's greedy text then follows its input
+        for weight in model.model.parameters():
+            weight.normal_(0, 0.5)
+    rubric = "Rate the following pair from 1 to 10 with care, reading every word. " * 3
+    prompts = [_chat(rubric + tail) for tail in ("short", "a much longer tail here", "mid tail")]
+    params = GenParams(max_new_tokens=12, repetition_penalty=1.1)
+    shared = model.generate(prompts, params)
+    for prompt, reply in zip(prompts, shared, strict=True):
+        ids = model.tokenizer(model.render(prompt), return_tensors="pt", add_special_tokens=False)
+        with torch.inference_mode():
+            plain = model.model.generate(
+                **ids, max_new_tokens=12, do_sample=False, repetition_penalty=1.1
+            )
+        new = model.tokenizer.decode(
+            plain[0, ids["input_ids"].shape[1] :], skip_special_tokens=True
+        )
+        assert reply.text == new and len(set(new)) > 3  # not one token repeated
+        assert reply.prompt_tokens == ids["input_ids"].shape[1]

@@ -65,49 +65,82 @@ class HFChatModel:
         """The chat-formatted prompt text, ready for the model's reply (optionally pre-filled)."""
         return render_chat(self.tokenizer, messages, assistant_prefix)
 
-    def _batches(self, texts: list[str]) -> list[list[int]]:
+    def _token_rows(self, texts: list[str]) -> list[list[int]]:
+        return self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+    def _batches(self, rows: list[list[int]]) -> list[list[int]]:
         """Indices grouped into batches of similar token length (less padding, faster)."""
-        lengths = [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
-        order = np.argsort(lengths, kind="stable")
+        order = np.argsort([len(row) for row in rows], kind="stable")
         return [
             order[i : i + self.batch_size].tolist() for i in range(0, len(order), self.batch_size)
         ]
 
-    def _encode(self, texts: list[str]):
-        return self.tokenizer(
-            texts, return_tensors="pt", padding=True, add_special_tokens=False
-        ).to(self.device)
+    def _prefix_cache(self, rows: list[list[int]]):
+        """The rows' shared token prefix run once, its key/value cache repeated for every
+        row, and its length; (None, 0) when the rows share under `_MIN_SHARED_PREFIX` tokens.
+        At least one token of each row stays outside the cache (the model must read one)."""
+        shared = min(_common_prefix_length(rows), min(len(row) for row in rows) - 1)
+        if shared < _MIN_SHARED_PREFIX:
+            return None, 0
+        import torch
+
+        prefix = torch.tensor([rows[0][:shared]], device=self.device)
+        cache = self.model.base_model(input_ids=prefix, use_cache=True).past_key_values
+        cache.batch_repeat_interleave(len(rows))
+        return cache, shared
+
+    def _generation_inputs(self, rows: list[list[int]], shared: int) -> dict:
+        """Token ids and attention mask for `generate`: each row's first `shared` tokens (the
+        cached prefix), then padding, then the rest, so that every row ends at the last column
+        (left padding, moved after the shared prefix)."""
+        import torch
+
+        width = max(len(row) for row in rows) - shared
+        pad = self.tokenizer.pad_token_id
+        ids, mask = [], []
+        for row in rows:
+            gap = width - (len(row) - shared)
+            ids.append(row[:shared] + [pad] * gap + row[shared:])
+            mask.append([1] * shared + [0] * gap + [1] * (len(row) - shared))
+        return {
+            "input_ids": torch.tensor(ids, device=self.device),
+            "attention_mask": torch.tensor(mask, device=self.device),
+        }
 
     def generate(self, prompts: list[Messages], params: GenParams) -> list[Generation]:
-        """Reply to each message list; stops at EOS, a stop string, or max_new_tokens."""
+        """Reply to each message list; stops at EOS, a stop string, or max_new_tokens.
+
+        Batches of similar length; within a batch the shared token prefix (a judge's rubric,
+        the distiller's instructions) is run once and its cache reused by every row.
+        """
         import torch
 
         texts = [self.render(messages, params.assistant_prefix) for messages in prompts]
+        rows = self._token_rows(texts)
         results: list[Generation | None] = [None] * len(texts)
-        for batch in self._batches(texts):
-            inputs = self._encode([texts[i] for i in batch])
-            sampling = params.temperature > 0
+        sampling = params.temperature > 0
+        for batch in self._batches(rows):
+            batch_rows = [rows[i] for i in batch]
             if sampling:
                 torch.manual_seed(params.seed)
             with torch.inference_mode():
+                cache, shared = self._prefix_cache(batch_rows)
+                inputs = self._generation_inputs(batch_rows, shared)
+                width = inputs["input_ids"].shape[1]
                 output = self.model.generate(
                     **inputs,
+                    cache=cache,
                     max_new_tokens=params.max_new_tokens,
                     do_sample=sampling,
                     temperature=params.temperature if sampling else None,
                     top_p=params.top_p if sampling else None,
                     top_k=None,
                     repetition_penalty=params.repetition_penalty,
-                    stopping_criteria=stop_criteria(
-                        self.tokenizer, params.stop, inputs["input_ids"].shape[1]
-                    ),
+                    stopping_criteria=stop_criteria(self.tokenizer, params.stop, width),
                     pad_token_id=self.tokenizer.pad_token_id,
                 )
-            new_tokens = output[:, inputs["input_ids"].shape[1] :]
             for row, index in enumerate(batch):
-                results[index] = self._decode(
-                    new_tokens[row], params, int(inputs["attention_mask"][row].sum())
-                )
+                results[index] = self._decode(output[row, width:], params, len(rows[index]))
         return results  # type: ignore[return-value]
 
     def _decode(self, tokens, params: GenParams, prompt_tokens: int) -> Generation:
@@ -156,9 +189,9 @@ class HFChatModel:
                 f"{self.name}: {bad!r} is not a single token after {context!r} in this "
                 "model's vocabulary, so its probability cannot be read in one step"
             )
-        rows = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        rows = self._token_rows(texts)
         out = np.zeros((len(texts), len(ids)), dtype=np.float64)
-        for batch in self._batches(texts):
+        for batch in self._batches(rows):
             with torch.inference_mode():
                 logits = self._last_logits([rows[i] for i in batch]).float()
             out[batch] = torch.log_softmax(logits, dim=-1)[:, ids].cpu().numpy()
@@ -168,14 +201,7 @@ class HFChatModel:
         """Next-token logits after each token row, sharing the rows' common prefix."""
         import torch
 
-        shared = _common_prefix_length(rows)
-        cache = None
-        if shared >= _MIN_SHARED_PREFIX:
-            prefix = torch.tensor([rows[0][:shared]], device=self.device)
-            cache = self.model.base_model(input_ids=prefix, use_cache=True).past_key_values
-            cache.batch_repeat_interleave(len(rows))
-        else:
-            shared = 0
+        cache, shared = self._prefix_cache(rows)
         suffixes = [row[shared:] for row in rows]
         width = max(len(s) for s in suffixes)
         pad = self.tokenizer.pad_token_id
