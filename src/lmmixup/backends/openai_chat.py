@@ -236,7 +236,7 @@ class OpenAIChatModel:
         self._jitter = random.Random()
         self._connect_failures = 0
         self._unreachable_reason = ""
-        self._given_up = threading.Event()
+        self._given_up = False  # the server is taken as unreachable: every call stops
         self._names_stop = False  # the server names the stop that ended a reply (`stop_reason`)
         # made on the loop by the first request: the `concurrency` slots, and the event that
         # ends a retry's wait once the server is given up
@@ -360,14 +360,14 @@ class OpenAIChatModel:
                 self._connect_failures = 0
                 return
             self._connect_failures += 1
-            if self._connect_failures >= UNREACHABLE_AFTER and not self._given_up.is_set():
+            if self._connect_failures >= UNREACHABLE_AFTER and not self._given_up:
                 self._unreachable_reason = self._redact(failure.reason)
-                self._given_up.set()
+                self._given_up = True
                 if self._giving_up is not None:  # on the loop: wake the retries' waits
                     self._giving_up.set()
 
     def _raise_if_unreachable(self) -> None:
-        if self._given_up.is_set():
+        if self._given_up:
             raise ServerUnreachable(self.base_url, self._unreachable_reason)
 
     async def _take_ticket(self) -> bool:
