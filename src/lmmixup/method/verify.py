@@ -314,8 +314,8 @@ def spliced_members(
     j's (at least `threshold` of the words of each, in order), member i's own completion
     fits the pair's less well, and member j's prompt asks something else (`_same_question`
     is false, so a damaged copy of the same question is not): a question joined to another
-    question's answer. None otherwise (members asking
-    the same thing, as in a cluster of redundant samples, are never spliced).
+    question's answer. None otherwise (members asking the same thing, as in a cluster of
+    redundant samples, are never spliced).
 
     `shown` holds each member's (prompt, completion) as the distiller was shown them
     (`shown_member`): a pair copied from a member cut to `max_member_chars` is compared with
