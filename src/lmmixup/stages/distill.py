@@ -255,10 +255,11 @@ class DistillStage(RequestStage):
     members' saved embeddings (`io.vectors`, the cluster stage's; absent: embed them) and
     whether any cluster needs the model (`needs_model`; False when every cluster is marked
     incoherent). `open()` loads the generator (when needed) and what `open_for_replies()`
-    opens: the embedder and the pool indexed by id. A cluster the backend failed on (`generation_error`) is retried on the next run;
-    every other reject is final. A server backend takes one cluster per call,
-    `generator.concurrency` at once. As a `RequestStage`, an executor may make the
-    distiller's calls itself (`requests`, then `complete`).
+    opens: the embedder and the pool indexed by id. A cluster the backend failed on
+    (`generation_error`) is retried on the next run; every other reject is final. A server
+    backend takes one cluster per call, `generator.concurrency` at once. As a
+    `RequestStage`, an executor may make the distiller's calls itself (`requests`, then
+    `complete`).
     """
 
     description = "distill"
