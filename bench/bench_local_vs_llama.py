@@ -8,8 +8,8 @@ Two workloads, the same prompts and decoding settings for both backends:
   settings: pre-filled `<answer>\\nQ:`, stop at a blank line, 256 new tokens, greedy);
 - rate: the judge's generate-mode prompts for `--rows` bundled rows (96 new tokens, greedy).
 
-The hf backend runs the bundled SmolLM2-135M-Instruct (float32 on this CPU, batches of
-`--batch-size`); llama-server serves the bundled GGUF of the same model (Q4_1) with
+The hf backend runs the bundled SmolLM2-135M-Instruct (float32 on this CPU, `--batch-size`
+rows at once); llama-server serves the bundled GGUF of the same model (Q4_1) with
 `--threads` threads and `--slots` slots, reached by the openai backend with `--slots` requests
 in flight. No call cache. Prints a Markdown table for docs/BENCHMARKS.md: wall time,
 generated tokens and tokens a second per backend, and hf's time over llama.cpp's.

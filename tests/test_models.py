@@ -31,6 +31,7 @@ def test_batched_generation_matches_one_at_a_time(tiny_llama):
     single = [model.generate([p], params)[0] for p in prompts]
     assert [g.text for g in batched] == [g.text for g in single]
     assert all(g.finish_reason in ("eos", "length") and g.completion_tokens <= 8 for g in batched)
+    assert model.generate([], params) == []
 
 
 def test_next_token_logprobs_are_log_probabilities(tiny_llama):
@@ -158,32 +159,32 @@ def test_quiet_turns_off_the_model_loading_bars(tiny_llama, quiet):
     assert ("Loading weights" in done.stderr) is not quiet
 
 
-def test_stop_criteria_fire_on_new_text_only(tiny_llama):
+def test_a_stop_string_in_the_prompt_does_not_end_the_reply(tiny_llama):
+    model = HFChatModel(str(tiny_llama), dtype="float32")
+    prompt = _chat("Example: Q: a\n\nQ: b</answer>")
+    [reply] = model.generate([prompt], GenParams(max_new_tokens=6, stop=("</answer>",)))
+    assert "</answer>" not in reply.text
+    assert (reply.finish_reason, reply.completion_tokens) == ("length", 6)
+
+
+def _input_following(tiny_llama, batch_size: int) -> HFChatModel:
+    """The tiny model with larger weights: its text then follows its input, and sampling
+    gives different tokens."""
     import torch
 
-    from lmmixup.backends.hf import stop_criteria
-
-    model = HFChatModel(str(tiny_llama), dtype="float32")
-    encode = partial(model.tokenizer.encode, add_special_tokens=False)
-    prompt = encode("Example: Q: a\n\nQ: b</answer>\n")  # stop strings in the prompt don't count
-    rows = [prompt + encode("A: merged</answer>"), prompt + encode("A: not done yet, go on")]
-    width = max(map(len, rows))
-    pad = model.tokenizer.pad_token_id
-    ids = torch.tensor([row + [pad] * (width - len(row)) for row in rows])
-    (criteria,) = stop_criteria(model.tokenizer, ("</answer>", "\n\nQ:"), len(prompt))
-    assert criteria(ids, None).tolist() == [True, False]
-    assert criteria(torch.tensor([prompt]), None).tolist() == [False]
-    assert stop_criteria(model.tokenizer, (), len(prompt)) == []
+    model = HFChatModel(str(tiny_llama), dtype="float32", batch_size=batch_size)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for weight in model.model.parameters():
+            weight.normal_(0, 0.5)
+    return model
 
 
 def test_generation_with_a_shared_prefix_equals_plain_generation(tiny_llama):
     import torch
 
-    model = HFChatModel(str(tiny_llama), dtype="float32", batch_size=3)
-    torch.manual_seed(0)
-    with torch.no_grad():  # larger weights: the tiny model's greedy text then follows its input
-        for weight in model.model.parameters():
-            weight.normal_(0, 0.5)
+    # 3 prompts over 2 slots: the third takes the slot of the first to end
+    model = _input_following(tiny_llama, batch_size=2)
     rubric = "Rate the following pair from 1 to 10 with care, reading every word. " * 3
     prompts = [_chat(rubric + tail) for tail in ("short", "a much longer tail here", "mid tail")]
     params = GenParams(max_new_tokens=12, repetition_penalty=1.1)
@@ -199,3 +200,44 @@ def test_generation_with_a_shared_prefix_equals_plain_generation(tiny_llama):
         )
         assert reply.text == new and len(set(new)) > 3  # not one token repeated
         assert reply.prompt_tokens == ids["input_ids"].shape[1]
+
+
+def test_sampled_replies_follow_the_seed(tiny_llama):
+    model = _input_following(tiny_llama, batch_size=2)
+    prompts = [_chat("one"), _chat("two"), _chat("three")]
+    sample = partial(GenParams, max_new_tokens=8, temperature=1.0, top_p=0.9)
+    first = [g.text for g in model.generate(prompts, sample(seed=1))]
+    assert first == [g.text for g in model.generate(prompts, sample(seed=1))]
+    assert first != [g.text for g in model.generate(prompts, sample(seed=2))]
+    assert first != [g.text for g in model.generate(prompts, GenParams(max_new_tokens=8))]
+
+
+@pytest.mark.parametrize("shared", ["", "Rate the following pair with care. " * 4])
+def test_rows_that_end_give_their_slot_to_the_next_prompt(tiny_llama, shared):
+    import torch
+
+    from lmmixup.backends.hf_decoding import ContinuousDecoder
+
+    model = _input_following(tiny_llama, batch_size=2)
+    tails = (
+        "x",
+        "a b c d e f g",
+        "a much longer tail here, with more words in it",
+        "the last and longest tail of all, by far the longest one here",
+    )
+    prompts = [model.tokenizer.encode(model.render(_chat(shared + t))) for t in tails]
+    lengths = [9, 2, 6, 4]  # each prompt's row ends after this many tokens
+    decoder = ContinuousDecoder(
+        model.model,
+        model.tokenizer.pad_token_id,
+        2,
+        GenParams(max_new_tokens=20),
+        lambda prompt, tokens: len(tokens) >= lengths[prompt],
+    )
+    with torch.inference_mode():
+        generated = decoder.run(prompts)
+    for prompt, tokens, length in zip(prompts, generated, lengths, strict=True):
+        ids = torch.tensor([prompt])
+        with torch.inference_mode():
+            plain = model.model.generate(ids, max_new_tokens=length, do_sample=False)
+        assert tokens == plain[0, len(prompt) :].tolist()

@@ -1,4 +1,4 @@
-"""Local transformers chat models: batched, length-bucketed, left-padded generation and scoring."""
+"""Local transformers chat models: continuously batched generation, length-bucketed scoring."""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def _cpu_has_bf16() -> bool:
 
 
 class HFChatModel:
-    """A causal LM with a chat template, loaded once; generation batches are sorted by length."""
+    """A causal LM with a chat template, loaded once; prompts are taken shortest first."""
 
     def __init__(self, model: str, dtype: str = "auto", batch_size: int = 16, device: str = "auto"):
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -77,71 +77,61 @@ class HFChatModel:
 
     def _prefix_cache(self, rows: list[list[int]]):
         """The rows' shared token prefix run once, its key/value cache repeated for every
-        row, and its length; (None, 0) when the rows share under `_MIN_SHARED_PREFIX` tokens.
+        row, and its length; (None, 0) when the rows share under `MIN_SHARED_PREFIX` tokens.
         At least one token of each row stays outside the cache (the model must read one)."""
-        shared = min(_common_prefix_length(rows), min(len(row) for row in rows) - 1)
-        if shared < _MIN_SHARED_PREFIX:
-            return None, 0
         import torch
+
+        from lmmixup.backends.hf_decoding import MIN_SHARED_PREFIX, common_prefix_length
+
+        shared = min(common_prefix_length(rows), min(len(row) for row in rows) - 1)
+        if shared < MIN_SHARED_PREFIX:
+            return None, 0
 
         prefix = torch.tensor([rows[0][:shared]], device=self.device)
         cache = self.model.base_model(input_ids=prefix, use_cache=True).past_key_values
         cache.batch_repeat_interleave(len(rows))
         return cache, shared
 
-    def _generation_inputs(self, rows: list[list[int]], shared: int) -> dict:
-        """Token ids and attention mask for `generate`: each row's first `shared` tokens (the
-        cached prefix), then padding, then the rest, so that every row ends at the last column
-        (left padding, moved after the shared prefix)."""
-        import torch
-
-        width = max(len(row) for row in rows) - shared
-        pad = self.tokenizer.pad_token_id
-        ids, mask = [], []
-        for row in rows:
-            gap = width - (len(row) - shared)
-            ids.append(row[:shared] + [pad] * gap + row[shared:])
-            mask.append([1] * shared + [0] * gap + [1] * (len(row) - shared))
-        return {
-            "input_ids": torch.tensor(ids, device=self.device),
-            "attention_mask": torch.tensor(mask, device=self.device),
-        }
-
     def generate(self, prompts: list[Messages], params: GenParams) -> list[Generation]:
         """Reply to each message list; stops at EOS, a stop string, or max_new_tokens.
 
-        Batches of similar length; within a batch the shared token prefix (a judge's rubric,
-        the distiller's instructions) is run once and its cache reused by every row.
+        At most `batch_size` rows decode at once, and a row that ends gives its slot to the
+        next prompt (`hf_decoding.ContinuousDecoder`); the prompts' shared token prefix is
+        run once.
         """
         import torch
 
+        from lmmixup.backends.hf_decoding import ContinuousDecoder
+
         texts = [self.render(messages, params.assistant_prefix) for messages in prompts]
         rows = self._token_rows(texts)
-        results: list[Generation | None] = [None] * len(texts)
-        sampling = params.temperature > 0
-        for batch in self._batches(rows):
-            batch_rows = [rows[i] for i in batch]
-            if sampling:
-                torch.manual_seed(params.seed)
-            with torch.inference_mode():
-                cache, shared = self._prefix_cache(batch_rows)
-                inputs = self._generation_inputs(batch_rows, shared)
-                width = inputs["input_ids"].shape[1]
-                output = self.model.generate(
-                    **inputs,
-                    cache=cache,
-                    max_new_tokens=params.max_new_tokens,
-                    do_sample=sampling,
-                    temperature=params.temperature if sampling else None,
-                    top_p=params.top_p if sampling else None,
-                    top_k=None,
-                    repetition_penalty=params.repetition_penalty,
-                    stopping_criteria=stop_criteria(self.tokenizer, params.stop, width),
-                    pad_token_id=self.tokenizer.pad_token_id,
-                )
-            for row, index in enumerate(batch):
-                results[index] = self._decode(output[row, width:], params, len(rows[index]))
-        return results  # type: ignore[return-value]
+        decoder = ContinuousDecoder(
+            self.model, self.tokenizer.pad_token_id, self.batch_size, params, self._ends(params)
+        )
+        with torch.inference_mode():
+            generated = decoder.run(rows)
+        return [
+            self._decode(tokens, params, len(row))
+            for tokens, row in zip(generated, rows, strict=True)
+        ]
+
+    def _ends(self, params: GenParams):
+        """Whether a row's new tokens end it: an end-of-sequence token, or a stop string in
+        the text of its last few tokens (every token carries at least one character)."""
+        ends = self.model.generation_config.eos_token_id
+        ends = {self.tokenizer.eos_token_id, *(ends if isinstance(ends, list) else [ends])}
+        stops = params.stop
+        window = max((len(stop) for stop in stops), default=0) + 1
+
+        def finished(_prompt: int, tokens: list[int]) -> bool:
+            if tokens[-1] in ends:
+                return True
+            if not stops:
+                return False
+            tail = self.tokenizer.decode(tokens[-window:], skip_special_tokens=True)
+            return any(stop in tail for stop in stops)
+
+        return finished
 
     def _decode(self, tokens, params: GenParams, prompt_tokens: int) -> Generation:
         """Text and finish reason of one generated row: stop (a stop string), eos or length.
@@ -150,7 +140,7 @@ class HFChatModel:
         A row that ended before `max_new_tokens` (padding follows it) or on the EOS token, with
         no stop string in its text, ended at end-of-sequence.
         """
-        ids = tokens.tolist()
+        ids = list(tokens)
         pad, eos = self.tokenizer.pad_token_id, self.tokenizer.eos_token_id
         count = len(ids)
         while count and ids[count - 1] == pad:
@@ -226,35 +216,6 @@ class HFChatModel:
         return self.model.get_output_embeddings()(last)
 
 
-_MIN_SHARED_PREFIX = 16
-
-
-def stop_criteria(tokenizer, stops: tuple[str, ...], prompt_length: int) -> list:
-    """Stop a row once its new text contains a stop string.
-
-    transformers' own `stop_strings` precomputes tables over the whole vocabulary on every
-    `generate` call and costs more per step than the model does on a CPU; decoding the last
-    few new tokens of each row is enough, as every token carries at least one character.
-    """
-    if not stops:
-        return []
-    import torch
-    from transformers import StoppingCriteria
-
-    window = max(len(stop) for stop in stops) + 1
-
-    class StopOnStrings(StoppingCriteria):
-        def __call__(self, input_ids, scores, **kwargs):
-            tails = tokenizer.batch_decode(
-                input_ids[:, max(prompt_length, input_ids.shape[1] - window) :],
-                skip_special_tokens=True,
-            )
-            hit = [any(stop in tail for stop in stops) for tail in tails]
-            return torch.tensor(hit, dtype=torch.bool, device=input_ids.device)
-
-    return [StopOnStrings()]
-
-
 def single_token_ids(tokenizer, context: str, candidates: list[str]) -> list[int | None]:
     """The one token each candidate adds when written right after `context`, or None where it
     takes several tokens, merges with the end of `context` or is the unknown token.
@@ -270,13 +231,3 @@ def single_token_ids(tokenizer, context: str, candidates: list[str]) -> list[int
         one = len(ids) == len(base) + 1 and ids[: len(base)] == base and ids[-1] != unknown
         found.append(ids[-1] if one else None)
     return found
-
-
-def _common_prefix_length(rows: list[list[int]]) -> int:
-    """Length of the token prefix all rows share, leaving each row at least one own token."""
-    limit = min(len(row) for row in rows) - 1
-    first = rows[0]
-    length = 0
-    while length < limit and all(row[length] == first[length] for row in rows):
-        length += 1
-    return length

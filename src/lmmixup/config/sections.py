@@ -183,7 +183,7 @@ class BackendConfig(Section):
     batch_size: int = Field(
         16,
         ge=1,
-        description=f"hf backend: prompts per forward/generate call; vllm backend: prompts per vLLM call (the stage's batch, written when it returns; {VLLM_BATCH} when not set).",
+        description=f"hf backend: rows decoded or scored at once (a call gets 4 batches of records; a row that ends gives its slot to the next); vllm backend: prompts per vLLM call (the stage's batch, written when it returns; {VLLM_BATCH} when not set).",
         json_schema_extra=OPERATIONAL,
     )
 

@@ -135,6 +135,10 @@ class LocalExecutor:
 RECORDS_PER_REQUEST_SLOT = 2
 """A server stage keeps this many records in process per request it may have in flight:
 while some records are checked (parsed, embedded), the others keep every slot busy."""
+BATCHES_PER_LOCAL_CALL = 4
+"""An hf model gets this many `batch_size` batches of records per call: it decodes
+`batch_size` rows at once and gives the slot of a row that ends to the next record, so a
+call of one batch would leave slots empty."""
 
 
 def stage_sizing(backend: BackendConfig) -> tuple[int, int]:
@@ -143,9 +147,12 @@ def stage_sizing(backend: BackendConfig) -> tuple[int, int]:
     RECORDS_PER_REQUEST_SLOT x `backend.concurrency` calls at once; the model itself holds at
     most `backend.concurrency` requests in flight, and a reply goes into the call cache
     before its record is checked, so a kill re-pays at most `backend.concurrency` calls. A
-    local model: `batch_size` records per call, one call at a time."""
+    local model, one call at a time: hf `BATCHES_PER_LOCAL_CALL` x `batch_size` records per
+    call, vllm `batch_size`."""
     if backend.backend == "openai":
         return 1, RECORDS_PER_REQUEST_SLOT * backend.concurrency
+    if backend.backend == "hf":
+        return BATCHES_PER_LOCAL_CALL * backend.batch_size, 1
     return backend.batch_size, 1
 
 
