@@ -14,6 +14,7 @@ from dataclasses import replace
 from fake_openai_server import GOOD_JSON, FakeOpenAIServer, ok
 
 from lmmixup.io.jsonl import read_records, write_records
+from lmmixup.runtime.executor import RECORDS_PER_REQUEST_SLOT
 
 GOOD_DISTILLATION = "<think>\nkeep both\n</think>\n<answer>\nQ: {q}\nA: {a}\n</answer>"
 
@@ -72,8 +73,9 @@ def test_kill_during_rating_rates_each_sample_once_and_pays_once(tmp_path):
         rated = read_records(tmp_path / "rated.jsonl")
         assert sorted(r["id"] for r in rated) == sorted(f"r{i}" for i in range(16))
         assert all(r["rating"]["score"] == 4 for r in rated)
-        # Only the calls in flight at the kill (at most `concurrency`) may be paid twice.
-        assert server.count <= 16 + 2
+        # Only the records in process at the kill (at most RECORDS_PER_REQUEST_SLOT x
+        # `concurrency`: in flight, or replied and not yet cached) may be paid twice.
+        assert server.count <= 16 + RECORDS_PER_REQUEST_SLOT * 2
 
 
 def test_kill_during_distillation_distills_each_cluster_once(tmp_path):
@@ -122,7 +124,7 @@ def test_kill_during_distillation_distills_each_cluster_once(tmp_path):
     )
     ids = [r["cluster_id"] for r in out] + [r["raw"]["cluster_id"] for r in rejects]
     assert sorted(ids) == sorted(c["cluster_id"] for c in clusters)
-    assert server.count <= 12 + 2
+    assert server.count <= 12 + RECORDS_PER_REQUEST_SLOT * 2
 
 
 def _rate_command(tmp_path, server):

@@ -146,7 +146,8 @@ def stage_sizing(backend: BackendConfig) -> tuple[int, int]:
     (openai): one record per `process` call, each written as soon as it is done, and
     RECORDS_PER_REQUEST_SLOT x `backend.concurrency` calls at once; the model itself holds at
     most `backend.concurrency` requests in flight, and a reply goes into the call cache
-    before its record is checked, so a kill re-pays at most `backend.concurrency` calls. A
+    before its record is checked, so a kill re-pays at most the records in process (those in
+    flight, and those whose reply came back a moment before the kill and was not cached). A
     local model, one call at a time: hf `BATCHES_PER_LOCAL_CALL` x `batch_size` records per
     call, vllm `batch_size`."""
     if backend.backend == "openai":
