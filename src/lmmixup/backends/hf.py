@@ -103,6 +103,8 @@ class HFChatModel:
 
         from lmmixup.backends.hf_decoding import ContinuousDecoder
 
+        if not prompts:
+            return []
         texts = [self.render(messages, params.assistant_prefix) for messages in prompts]
         rows = self._token_rows(texts)
         decoder = ContinuousDecoder(

@@ -114,10 +114,8 @@ class ContinuousDecoder:
             self.random = torch.Generator(device=self.device).manual_seed(params.seed)
 
     def run(self, prompts: list[list[int]]) -> list[list[int]]:
-        """The new tokens of each prompt, in prompt order."""
+        """The new tokens of each prompt (at least one), in prompt order."""
         generated: list[list[int]] = [[] for _ in prompts]
-        if not prompts:
-            return generated
         shared = min(common_prefix_length(prompts), min(len(p) for p in prompts) - 1)
         prefix = self._prefix(prompts[0][:shared]) if shared >= MIN_SHARED_PREFIX else None
         shared = shared if prefix is not None else 0
