@@ -16,8 +16,8 @@ def render_chat(tokenizer: Any, messages: Messages, assistant_prefix: str = "") 
     return text + assistant_prefix
 
 
-def load_chat_tokenizer(model: str, **options: Any) -> Any:
+def load_chat_tokenizer(model: str) -> Any:
     """The tokenizer (with its chat template) of `model`, without loading the model."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(resolve_model(model), **options)
+    return AutoTokenizer.from_pretrained(resolve_model(model))

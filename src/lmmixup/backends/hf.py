@@ -75,23 +75,6 @@ class HFChatModel:
             order[i : i + self.batch_size].tolist() for i in range(0, len(order), self.batch_size)
         ]
 
-    def _prefix_cache(self, rows: list[list[int]]):
-        """The rows' shared token prefix run once, its key/value cache repeated for every
-        row, and its length; (None, 0) when the rows share under `MIN_SHARED_PREFIX` tokens.
-        At least one token of each row stays outside the cache (the model must read one)."""
-        import torch
-
-        from lmmixup.backends.hf_decoding import MIN_SHARED_PREFIX, common_prefix_length
-
-        shared = min(common_prefix_length(rows), min(len(row) for row in rows) - 1)
-        if shared < MIN_SHARED_PREFIX:
-            return None, 0
-
-        prefix = torch.tensor([rows[0][:shared]], device=self.device)
-        cache = self.model.base_model(input_ids=prefix, use_cache=True).past_key_values
-        cache.batch_repeat_interleave(len(rows))
-        return cache, shared
-
     def generate(self, prompts: list[Messages], params: GenParams) -> list[Generation]:
         """Reply to each message list; stops at EOS, a stop string, or max_new_tokens.
 
@@ -193,7 +176,11 @@ class HFChatModel:
         """Next-token logits after each token row, sharing the rows' common prefix."""
         import torch
 
-        cache, shared = self._prefix_cache(rows)
+        from lmmixup.backends.hf_decoding import shared_prefix
+
+        cache, shared = shared_prefix(self.model, rows)
+        if cache is not None:
+            cache.batch_repeat_interleave(len(rows))
         suffixes = [row[shared:] for row in rows]
         width = max(len(s) for s in suffixes)
         pad = self.tokenizer.pad_token_id

@@ -21,7 +21,7 @@ MIN_SHARED_PREFIX = 16
 """Tokens the prompts must share before their common prefix is run once and reused."""
 
 
-def common_prefix_length(rows: list[list[int]]) -> int:
+def _common_prefix_length(rows: list[list[int]]) -> int:
     """How many leading tokens every row shares."""
     shortest = min(len(row) for row in rows)
     for position in range(shortest):
@@ -29,6 +29,17 @@ def common_prefix_length(rows: list[list[int]]) -> int:
         if any(row[position] != token for row in rows):
             return position
     return shortest
+
+
+def shared_prefix(model, rows: list[list[int]]) -> tuple[object | None, int]:
+    """The rows' shared token prefix run once: its key/value cache (one row) and its length;
+    (None, 0) when the rows share under `MIN_SHARED_PREFIX` tokens. At least one token of
+    each row stays outside the cache (the model must read one to give its next logits)."""
+    shared = min(_common_prefix_length(rows), min(len(row) for row in rows) - 1)
+    if shared < MIN_SHARED_PREFIX:
+        return None, 0
+    ids = torch.tensor([rows[0][:shared]], device=model.device)
+    return model.base_model(input_ids=ids, use_cache=True).past_key_values, shared
 
 
 class _Batch:
@@ -117,9 +128,7 @@ class ContinuousDecoder:
     def run(self, prompts: list[list[int]]) -> list[list[int]]:
         """The new tokens of each prompt (at least one), in prompt order."""
         generated: list[list[int]] = [[] for _ in prompts]
-        shared = min(common_prefix_length(prompts), min(len(p) for p in prompts) - 1)
-        prefix = self._prefix(prompts[0][:shared]) if shared >= MIN_SHARED_PREFIX else None
-        shared = shared if prefix is not None else 0
+        prefix, shared = shared_prefix(self.model, prompts)
         waiting = deque(sorted(range(len(prompts)), key=lambda i: len(prompts[i])))
         batch = _Batch()
         while waiting or batch.rows:
@@ -138,11 +147,6 @@ class ContinuousDecoder:
             ]
             batch.keep([place for place, ended in enumerate(done) if not ended])
         return generated
-
-    def _prefix(self, tokens: list[int]):
-        """The key/value cache of the shared prefix (one row)."""
-        ids = torch.tensor([tokens], device=self.device)
-        return self.model.base_model(input_ids=ids, use_cache=True).past_key_values
 
     def _prefill(
         self, batch: _Batch, new: list[int], prompts: list[list[int]], prefix, shared: int
