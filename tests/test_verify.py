@@ -208,6 +208,43 @@ def test_issue_bad_merge_near_copy_ending_in_a_placeholder():
     assert "placeholder" in result.flags and result.placeholders == ("[your_spot_limit]",)
 
 
+QUANTUM = "Explain quantum computing in simple terms"
+QUANTUM_ANSWER = (
+    "Quantum computing is a type of computing that uses quantum mechanics to process and "
+    "store data. It uses quantum bits (qubits) instead of classical bits and can perform "
+    "certain tasks much faster than classical computers. In simple terms, quantum computing "
+    "takes advantage of the strange and unique properties of matter and energy at the "
+    "quantum level to solve problems that would be too complex for classical computers."
+)
+
+
+def test_near_copy_with_a_reworded_question_and_an_invented_ending():
+    """A sampled demo pair (best of 8, 2026-11-30): a member's answer with its last clause
+    replaced; the reworded question must not hide the copy."""
+    other = member(
+        QUANTUM, "Quantum computing is a type of computing where information is processed."
+    )
+    copied = QUANTUM_ANSWER.replace(
+        "problems that would be too complex for classical computers.",
+        "complex problems, just like classical computing. Question is true and answer is True.",
+    )
+    result = verify_pair(
+        "What is quantum computing in simple terms?",
+        copied,
+        [member(QUANTUM, QUANTUM_ANSWER), other],
+        CFG,
+    )
+    assert result.flags[:1] == ("near_copy",)
+    assert 0.75 <= result.near_copy < 0.8
+
+
+def test_a_reworded_copy_that_keeps_the_ending_is_no_near_copy():
+    result = verify_pair(
+        "What is quantum computing?", QUANTUM_ANSWER, [member(QUANTUM, QUANTUM_ANSWER)], CFG
+    )
+    assert "near_copy" not in result.flags and result.near_copy == 1.0
+
+
 def test_no_final_answer_when_a_member_states_one():
     result = verify_pair(
         "Theo has $10 and buys a pen for $7.", "He has some money left.", [THEO], CFG

@@ -366,10 +366,10 @@ class DistillConfig(Section):
         description="Faithfulness: drop a distillation whose answer repeats one member this closely (word-level similarity).",
     )
     near_copy_share: float = Field(
-        0.8,
+        0.75,
         gt=0,
         le=1,
-        description="Verifier near_copy: drop a pair that repeats one member (runs of 4+ words) for this share of its words and then ends with words no member has.",
+        description="Verifier near_copy: drop a pair whose completion repeats one member's completion (runs of 4+ words) for this share of its words and then ends with words no member has.",
     )
     splice_similarity: float = Field(
         0.8,

@@ -19,9 +19,10 @@ Each verifier gives a score recorded on the pair and, when it fails, a reject re
   use), which no member has;
 - unsupported_entity: more than `max_unsupported_entities` capitalised words written
   mid-sentence (`by Chime that`) that no member has;
-- near_copy: the pair repeats one member in long runs for at least `near_copy_share` of its
-  words, and what follows the last run holds a content word no member has: a copy whose
-  ending was changed (the exact copy is the `copy` check of `lmmixup.method.faithfulness`);
+- near_copy: the pair's completion repeats one member's completion in long runs for at least
+  `near_copy_share` of its words, and what follows the last run holds a content word no
+  member has: a copy whose ending was changed, whatever the pair did to the question (the
+  exact copy is the `copy` check of `lmmixup.method.faithfulness`);
 - spliced: the pair's prompt is taken from one member's prompt and its completion from
   another member's completion (at least `splice_similarity` of the words of each, in order,
   members as the distiller was shown them), and those two members ask different things: a
@@ -383,7 +384,7 @@ def verify_pair(
     if word_tokens(prompt.lower()) == word_tokens(completion.lower()):
         flags.append("echo")
 
-    near_copy, tail = near_copy_score(text, full_members)
+    near_copy, tail = near_copy_score(completion, [member["completion"] for member in members])
     if near_copy >= cfg.near_copy_share and any(
         _content(token) and token not in member_words for token in tail
     ):
