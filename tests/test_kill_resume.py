@@ -156,11 +156,12 @@ def _wait_for(server: FakeOpenAIServer, proc: subprocess.Popen, requests: int) -
 
 def test_ctrl_c_exits_130_with_a_message_and_the_same_command_finishes_the_work(tmp_path):
     _pool(tmp_path / "pool.jsonl", 16)
-    with SlowServer() as server:
+    with GatedServer() as server:  # the run cannot finish before the Ctrl-C lands
         cmd, env = _rate_command(tmp_path, server)
         proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
-        _wait_for(server, proc, 4)
+        _wait_for(server, proc, 2)
         proc.send_signal(signal.SIGINT)
+        server.gate.set()  # the requests in flight finish and are kept
         _, stderr = proc.communicate(timeout=60)
         assert proc.returncode == 130
         assert stderr.strip().splitlines()[-1] == "interrupted; re-run to continue"
