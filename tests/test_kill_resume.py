@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import replace
 
 from fake_openai_server import GOOD_JSON, FakeOpenAIServer, ok
@@ -154,11 +155,24 @@ def _wait_for(server: FakeOpenAIServer, proc: subprocess.Popen, requests: int) -
     assert proc.poll() is None and server.count >= requests
 
 
+@contextmanager
+def _sigint_not_ignored():
+    """Start children with Ctrl-C at its default even when this process has it ignored (a
+    background job of a non-interactive shell does, and its children inherit that): exec
+    resets a handled signal to the default, but keeps an ignored one ignored."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def test_ctrl_c_exits_130_with_a_message_and_the_same_command_finishes_the_work(tmp_path):
     _pool(tmp_path / "pool.jsonl", 16)
     with GatedServer() as server:  # the run cannot finish before the Ctrl-C lands
         cmd, env = _rate_command(tmp_path, server)
-        proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
+        with _sigint_not_ignored():
+            proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
         _wait_for(server, proc, 2)
         proc.send_signal(signal.SIGINT)
         server.gate.set()  # the requests in flight finish and are kept
