@@ -122,8 +122,9 @@ class HFChatModel:
         """Text and finish reason of one generated row: stop (a stop string), eos or length.
 
         Like OpenAI-compatible servers, the text ends before the first stop string it hit.
-        A row that ended before `max_new_tokens` (padding follows it) or on the EOS token, with
-        no stop string in its text, ended at end-of-sequence.
+        Trailing pad tokens are not counted (a tokenizer without its own pad token pads with
+        EOS, so a final EOS is not counted either). A row that ended before `max_new_tokens`
+        or on the EOS token, with no stop string in its text, ended at end-of-sequence.
         """
         ids = list(tokens)
         pad, eos = self.tokenizer.pad_token_id, self.tokenizer.eos_token_id
