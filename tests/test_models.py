@@ -241,3 +241,39 @@ def test_rows_that_end_give_their_slot_to_the_next_prompt(tiny_llama, shared):
         with torch.inference_mode():
             plain = model.model.generate(ids, max_new_tokens=length, do_sample=False)
         assert tokens == plain[0, len(prompt) :].tolist()
+
+
+def test_the_repetition_penalty_counts_the_prompt_tokens_as_a_lone_generate_does(tiny_llama):
+    """A prompt that ends with the start of the model's own greedy reply, cut just after a
+    token the reply repeats: the penalty must then steer away from that prompt token."""
+    import torch
+
+    from lmmixup.backends.hf_decoding import ContinuousDecoder
+
+    model = HFChatModel(str(tiny_llama), dtype="float32")
+    start = model.tokenizer.encode(model.render(_chat("one two three")))
+
+    def plain(prompt: list[int], penalty: float) -> list[int]:
+        with torch.inference_mode():
+            out = model.model.generate(
+                torch.tensor([prompt]),
+                max_new_tokens=8,
+                do_sample=False,
+                repetition_penalty=penalty,
+            )
+        return out[0, len(prompt) :].tolist()
+
+    reply = plain(start, 1.0)
+    repeated = next(t for i, t in enumerate(reply) if t in reply[:i])
+    prompt = start + reply[: reply.index(repeated) + 1]
+    expected = plain(prompt, 5.0)
+    assert expected != plain(prompt, 1.0)  # the penalty on the prompt's tokens matters here
+    decoder = ContinuousDecoder(
+        model.model,
+        model.tokenizer.pad_token_id,
+        2,
+        GenParams(max_new_tokens=8, repetition_penalty=5.0),
+        lambda _prompt, tokens: False,
+    )
+    with torch.inference_mode():
+        assert decoder.run([prompt]) == [expected]

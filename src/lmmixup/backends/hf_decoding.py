@@ -44,20 +44,31 @@ def shared_prefix(model, rows: list[list[int]]) -> tuple[object | None, int]:
 
 class _Batch:
     """The rows being decoded: their key/value cache (left-padded to one length), attention
-    mask, next position and last token, in one order."""
+    mask, next position, last token and the tokens each has seen (prompt and new tokens, a
+    `[rows, vocabulary]` mask for the repetition penalty), in one order."""
 
     def __init__(self) -> None:
         self.rows: list[int] = []  # the prompt index of each batch row
         self.cache = None
         self.mask: torch.Tensor | None = None
+        self.seen: torch.Tensor | None = None
         self.positions: list[int] = []
         self.last: list[int] = []
 
-    def add(self, rows: list[int], cache, mask: torch.Tensor, positions: list[int]) -> None:
-        """Append rows with their own cache and mask; the shorter side is left-padded."""
+    def add(
+        self,
+        rows: list[int],
+        cache,
+        mask: torch.Tensor,
+        seen: torch.Tensor,
+        positions: list[int],
+    ) -> None:
+        """Append rows with their own cache, mask and seen tokens; the shorter side is
+        left-padded."""
         if self.cache is None:
-            self.cache, self.mask = cache, mask
+            self.cache, self.mask, self.seen = cache, mask, seen
         else:
+            self.seen = torch.cat([self.seen, seen])
             width = max(self.mask.shape[1], mask.shape[1])
             for mine, theirs in zip(self.cache.layers, cache.layers, strict=True):
                 mine.keys = torch.cat([_pad_left(mine.keys, width), _pad_left(theirs.keys, width)])
@@ -76,9 +87,10 @@ class _Batch:
         self.positions = [self.positions[i] for i in kept]
         self.last = [self.last[i] for i in kept]
         if not kept:
-            self.cache = self.mask = None
+            self.cache = self.mask = self.seen = None
             return
         index = torch.tensor(kept, device=self.mask.device)
+        self.seen = self.seen.index_select(0, index)
         mask = self.mask.index_select(0, index)
         start = int(mask.any(0).int().argmax())  # the first column some row attends to
         self.mask = mask[:, start:]
@@ -136,10 +148,10 @@ class ContinuousDecoder:
                 count = min(self.slots - len(batch.rows), len(waiting))
                 new = [waiting.popleft() for _ in range(count)]
                 logits = self._prefill(batch, new, prompts, prefix, shared)
-                self._choose(batch, logits, prompts, generated, first=len(batch.rows) - count)
+                self._choose(batch, logits, generated, first=len(batch.rows) - count)
             else:
                 logits = self._step(batch)
-                self._choose(batch, logits, prompts, generated, first=0)
+                self._choose(batch, logits, generated, first=0)
             done = [
                 len(generated[row]) >= self.params.max_new_tokens
                 or self.finished(row, generated[row])
@@ -178,8 +190,12 @@ class ContinuousDecoder:
             use_cache=True,
             logits_to_keep=1,
         )
-        batch.add(new, output.past_key_values, mask_tensor, [len(prompts[i]) for i in new])
-        return output.logits[:, -1]
+        logits = output.logits[:, -1]
+        seen = torch.zeros(len(new), logits.shape[-1], dtype=torch.bool, device=self.device)
+        for place, index in enumerate(new):
+            seen[place, prompts[index]] = True
+        batch.add(new, output.past_key_values, mask_tensor, seen, [len(prompts[i]) for i in new])
+        return logits
 
     def _step(self, batch: _Batch):
         """Feed every row its last token; the next-token logits."""
@@ -195,30 +211,19 @@ class ContinuousDecoder:
         batch.positions = [p + 1 for p in batch.positions]
         return output.logits[:, -1]
 
-    def _choose(
-        self,
-        batch: _Batch,
-        logits,
-        prompts: list[list[int]],
-        generated: list[list[int]],
-        first: int,
-    ) -> None:
-        """Pick the next token of batch rows `first`.. from their logits."""
+    def _choose(self, batch: _Batch, logits, generated: list[list[int]], first: int) -> None:
+        """Pick the next token of batch rows `first`.. from their logits (the repetition
+        penalty on the tokens each row has seen, for all rows at once)."""
         logits = logits.float()
-        rows = batch.rows[first:]
+        seen = batch.seen[first:]
         penalty = self.params.repetition_penalty
         if penalty != 1.0:
-            for place, row in enumerate(rows):
-                seen = torch.tensor(
-                    sorted(set(prompts[row]) | set(generated[row])), device=logits.device
-                )
-                scores = logits[place, seen]
-                logits[place, seen] = torch.where(scores < 0, scores * penalty, scores / penalty)
-        if self.random is None:
-            tokens = logits.argmax(-1).tolist()
-        else:
-            tokens = self._sample(logits).tolist()
-        for row, token in zip(rows, tokens, strict=True):
+            scores = logits[seen]
+            logits[seen] = torch.where(scores < 0, scores * penalty, scores / penalty)
+        chosen = logits.argmax(-1) if self.random is None else self._sample(logits)
+        seen[torch.arange(len(chosen), device=seen.device), chosen] = True  # a view: batch.seen
+        tokens = chosen.tolist()
+        for row, token in zip(batch.rows[first:], tokens, strict=True):
             generated[row].append(token)
         batch.last = batch.last[:first] + tokens
 
